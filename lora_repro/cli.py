@@ -22,6 +22,7 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -32,6 +33,16 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
             if (CONF_DIR / group).is_dir() and not (CONF_DIR / group / f"{value}.yaml").exists():
                 valid = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
                 raise ConfigError(f"unknown {group} {value!r}; valid: {', '.join(valid)}") from None
+        bad = [ov for ov in overrides if f"'{ov.partition('=')[0]}'" in str(exc)]
+        if bad and "Could not override" in str(exc):  # a key the composed config lacks
+            key = bad[0].partition("=")[0]
+            parent = key.rpartition(".")[0]
+            rest = [ov for ov in overrides if ov not in bad]
+            node = compose(rest, config_name)
+            valid = sorted((OmegaConf.select(node, parent) if parent else node).keys())
+            raise ConfigError(
+                f"unknown key {key!r}; valid in {parent or 'root'}: {valid}"
+            ) from None
         raise ConfigError(str(exc).splitlines()[0]) from None
 
 

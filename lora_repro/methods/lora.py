@@ -100,6 +100,7 @@ class LoRALayer(nn.Module):
         self.fan_in_fan_out = _is_conv1d(base_layer)
         self.in_features, self.out_features = layer_shape(base_layer)
         self.lora = nn.ModuleDict()
+        self.train(base_layer.training)
         self.active: str | None = None
         self.merged: str | None = None
 
@@ -228,6 +229,7 @@ def apply(model: nn.Module, cfg: Config, family: str) -> list[LoRALayer]:
             )
             w = layer.base_layer.weight
             update.to(device=w.device, dtype=w.dtype if w.is_floating_point() else None)
+            update.train(module.training)  # new modules default to train mode; follow the model's
             layer.add(cfg.adapter_name, update)
             if layer is not module:
                 parent, _, child = path.rpartition(".")

@@ -1,0 +1,63 @@
+"""Parameter counts on the full-size architectures (meta device: no download, no memory).
+
+Expected values are the paper's formula |Θ| = 2 · L̂ · d_model · r (§4.2 / Table 2, 3), computed here
+from the architecture numbers, and checked against the figures the paper prints.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora_repro.cli import main
+
+# model, overrides, L̂ = layers x adapted matrices, d_model, r, paper's exact figure
+CASES = [
+    ("roberta-base", [], 12 * 2, 768, 8, 294_912),
+    ("roberta-large", ["method.alpha=16"], 24 * 2, 1024, 8, 786_432),
+    ("deberta-v2-xxlarge", ["method.r=16"], 48 * 2, 1536, 16, 4_718_592),
+    ("gpt2-medium", ["method.r=4", "method.alpha=32", "head=lm"], 24 * 2, 1024, 4, 393_216),
+    ("gpt2-large", ["method.r=4", "method.alpha=32", "head=lm"], 36 * 2, 1280, 4, 737_280),
+]
+
+
+def _count(capsys, *args: str) -> dict:
+    assert main(["count", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(("model", "overrides", "n_mat", "d", "r", "paper"), CASES)
+def test_lora_counts_match_paper(capsys, model, overrides, n_mat, d, r, paper):
+    out = _count(capsys, f"model={model}", "method=lora", *overrides)
+    assert out["method_params"] == 2 * n_mat * d * r == paper
+    assert out["trainable_params"] == paper + out["head_params"]
+
+
+def test_full_and_bitfit_counts(capsys):
+    full = _count(capsys, "model=roberta-base", "method=full")
+    assert full["trainable_params"] == full["total_params"]
+    assert 124_000_000 < full["total_params"] < 126_000_000  # RoBERTa-base: "125M" (Table 2)
+    bitfit = _count(capsys, "model=roberta-base", "method=bitfit")
+    assert bitfit["method_params"] == 102_144  # every bias of the backbone; the paper prints 0.1M
+    top2 = _count(capsys, "model=roberta-base", "method=full_topk")
+    per_block = 4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 2 * 2 * 768
+    assert top2["method_params"] == 2 * per_block
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=bogus"], "unknown model 'bogus'; valid: deberta-v2-xxlarge"),
+        (["method=bogus"], "unknown method 'bogus'; valid: "),
+        (["method.r=0"], "lora r must be > 0, got 0"),
+        (["method.alpha=-1"], "lora alpha must be > 0"),
+        (["method.targets=qz"], "'z'; valid: f1, f2, k, o, q, v"),
+        (["model=roberta-base", "method.r=1000"], "rank 1000 for 'q' exceeds the matrix size"),
+        (["method.rank=3"], "unknown key 'method.rank'; valid in method: ['adapter_name', 'alpha'"),
+    ],
+)
+def test_bad_input_is_one_line_error(capsys, args, message):
+    assert main(["count", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
