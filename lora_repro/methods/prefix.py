@@ -229,22 +229,33 @@ def _kv_pieces(block: nn.Module, family: str) -> dict[str, list[tuple[int, int, 
 
 
 @torch.no_grad()
-def _init_from_vocab(model: nn.Module, prefix: PrefixTuning) -> None:
-    """Sampled-vocabulary init: embeddings, or the keys/values the frozen model computes for them."""
+def init_from_tokens(
+    model: nn.Module, prefix: PrefixTuning, ids: torch.Tensor | None = None
+) -> None:
+    """Initialise from real tokens (`ids`, default: `length` random vocabulary ids): PreEmbed and the
+    reparameterised PreLayer take their embeddings, direct PreLayer the keys and values the frozen
+    model computes for them in every block (Li & Liang §7.2: real-word activations init well)."""
     emb = model.base_model.get_input_embeddings().weight
-    ids = torch.randint(0, emb.shape[0], (prefix.length,), device=emb.device)
+    if ids is None:
+        ids = torch.randint(0, emb.shape[0], (prefix.length,), device=emb.device)
+    if ids.shape != (prefix.length,):
+        raise ConfigError(
+            f"prefix init needs {prefix.length} token ids, got shape {tuple(ids.shape)}"
+        )
     if prefix.kv is None:
         prefix.embedding.copy_(emb[ids])
         return
-    prefix.enabled, prefix._capture = False, {}
+    prefix.enabled, prefix._capture, training = False, {}, model.training
     try:
-        model.base_model(input_ids=ids.unsqueeze(0))
+        model.eval()  # no dropout in the activations we copy
+        model.base_model(input_ids=ids.unsqueeze(0).to(emb.device))
         for layer in range(prefix.n_layers):
             for j in (0, 1):
                 prefix.kv[layer, j].copy_(prefix._capture[(layer, j)])
     finally:
         prefix.enabled, prefix._capture = True, None
         prefix._attn_input.clear()
+        model.train(training)
 
 
 def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
@@ -284,7 +295,7 @@ def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
             prefix._handles.append(proj.register_forward_hook(partial(prefix.proj_hook, i, group)))
     if ref.device.type != "meta":  # counting on the meta device: nothing to initialise
         if cfg.init == "vocab":
-            _init_from_vocab(model, prefix)
+            init_from_tokens(model, prefix)
         else:
             for p in (prefix.kv, prefix.embedding):
                 if p is not None:
