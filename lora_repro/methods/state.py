@@ -270,22 +270,24 @@ def load_adapter(
         method = replace(method, adapter_name=name)
     elif name is not None:
         raise ConfigError(f"only LoRA adapters take a name; this one is {method.name!r}")
+    # Another LoRA adapter next to those already there: only its own tensors are created.
     stacked = is_lora and bool(lora_layers(model))
-    if stacked and any(name in layer.lora for layer in lora_layers(model).values()):
-        raise ConfigError(f"adapter {name!r} is already loaded; pass another name")
     expected = _expected(model, method, family, stacked)
     method_keys = set(expected) - heads
     problems = [f"missing {k}" for k in sorted(method_keys - set(tensors))]
     problems += [f"unexpected {k}" for k in sorted(set(tensors) - set(expected) - heads)]
     params = dict(model.named_parameters())
     for k, v in tensors.items():
-        want = expected.get(k) or (tuple(params[k].shape) if k in heads else None)
+        # Where the model already has the tensor (its head, or a slot being refilled), it decides.
+        want = tuple(params[k].shape) if k in params else expected.get(k)
         if want is not None and tuple(v.shape) != want:
             problems.append(f"{k} has shape {tuple(v.shape)}, model needs {want}")
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ConfigError(f"adapter {path} does not fit: {'; '.join(problems[:3])}{more}")
-    # Checked: now change the model.
+    # Checked: now change the model. A method (or LoRA adapter name) it already carries is refilled.
+    if is_lora and name in adapter_names(model) and not method_keys <= set(params):
+        raise ConfigError(f"adapter {name!r} is loaded with other matrices; pass another name")
     if not method_keys <= set(params):
         if stacked:
             METHODS[method.name].apply(model, method, family)
