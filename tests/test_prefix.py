@@ -214,6 +214,30 @@ def test_reparam_materialize_keeps_outputs_and_drops_the_mlp():
     assert count_params(model, fam)["method_params"] == 2 * 2 * 3 * 32 < n_before
 
 
+def test_materialized_prefix_saves_and_loads_as_plain_activations(tmp_path):
+    from lora_repro.methods.state import load_adapter, read_meta, save_adapter
+
+    model, fam = tiny("gpt2")
+    cfg = method_config(VARIANTS["layer_reparam"])
+    prepare(model, cfg, fam)
+    model.prefix_tuning.materialize()
+    save_adapter(model, tmp_path, cfg, model_cfg("gpt2"))
+    assert read_meta(tmp_path).method.reparam is False
+    fresh, _ = tiny("gpt2")
+    load_adapter(fresh, tmp_path, fam)
+    ids, mask = batch()
+    assert torch.equal(logits(fresh, ids, mask), logits(model, ids, mask))
+
+
+def test_gradient_checkpointing_is_refused_for_prefix_layer():
+    model, fam = tiny("gpt2")
+    prepare(model, method_config(VARIANTS["layer"]), fam)
+    model.gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(ConfigError, match="gradient checkpointing"):
+        model(input_ids=batch()[0])
+
+
 def test_a_deep_copy_has_its_own_prefix():
     model, fam = tiny("bert")
     prepare(model, method_config(VARIANTS["layer"]), fam)

@@ -134,6 +134,13 @@ class PrefixTuning(nn.Module):
         self.inserted = 0
         if not self.enabled:
             return (), kwargs
+        if (
+            self.is_layer
+            and module.training
+            and getattr(module, "is_gradient_checkpointing", False)
+        ):
+            # Recomputation in backward runs after the forward has ended, when the hooks are idle.
+            raise ConfigError("prefix_layer cannot train with gradient checkpointing; turn it off")
         p = self.length
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:

@@ -125,6 +125,9 @@ def save_adapter(
     adapter.json; returns the directory."""
     if adapter is not None and hasattr(method, "adapter_name"):
         method = replace(method, adapter_name=adapter)
+    prefix = getattr(model, "prefix_tuning", None)
+    if getattr(method, "reparam", False) and prefix is not None and prefix.mlp is None:
+        method = replace(method, reparam=False)  # materialized: only the activations remain
     meta = AdapterMeta(
         method=method,
         base=asdict(base),
