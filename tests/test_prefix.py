@@ -164,6 +164,8 @@ def test_prefix_embed_equals_extra_vocabulary_tokens(family):
         ).last_hidden_state[:, 3:]
     real = mask.bool()
     assert ours.shape == want.shape
+    states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert {tuple(h.shape) for h in states} == {(*ids.shape, 32)}  # no prefix positions anywhere
     assert torch.allclose(ours[real], want[real], atol=1e-5)
 
 

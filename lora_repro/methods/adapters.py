@@ -5,7 +5,9 @@ dropout and before the residual add (post-LN blocks: before the LayerNorm), as i
 Fig. 2); for pre-LN GPT-2 this is the attn / mlp output before the residual:
 
 - `adapter_houlsby` (AdapterH): after the attention block and after the FFN, two per block.
-- `adapter_pfeiffer` (AdapterP): after the FFN only (Pfeiffer et al. 2021's chosen configuration).
+- `adapter_pfeiffer` (AdapterP): after the FFN only (Pfeiffer et al. 2021's chosen configuration;
+  AdapterHub's version of it also re-applies the block's LayerNorm around the adapter, which we do not:
+  the paper counts and describes only the adapter, §5.1).
 - `adapter_lin` (AdapterL): after the FFN only, with a LayerNorm on the adapter's input,
   A(h) = h + W_up ReLU(W_down LN(h)) (Lin et al. 2020, eq. 1).
 

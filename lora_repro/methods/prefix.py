@@ -93,6 +93,7 @@ class PrefixTuning(nn.Module):
             self.kv = nn.Parameter(torch.zeros(n_layers, 2, length, d_kv))
         self.enabled = True
         self.inserted = 0  # positions inserted by the current forward (0 once cached in generation)
+        self._last = (0, 0)  # (inserted, padded length) of the latest forward, for `top_hook`
         self._kv_now: torch.Tensor | None = None
         self._attn_input: dict[int, torch.Tensor] = {}
         self._capture: dict[tuple[int, int], torch.Tensor] | None = None
@@ -131,7 +132,7 @@ class PrefixTuning(nn.Module):
                 else:
                     named[key] = value
             kwargs = named
-        self.inserted = 0
+        self.inserted, self._last = 0, (0, 0)
         if not self.enabled:
             return (), kwargs
         if (
@@ -173,7 +174,7 @@ class PrefixTuning(nn.Module):
         if pos is not None:
             head = torch.arange(p, device=pos.device, dtype=pos.dtype).expand(pos.shape[0], -1)
             kwargs["position_ids"] = torch.cat([head, pos + p], 1)
-        self.inserted = p
+        self.inserted, self._last = p, (p, kwargs["inputs_embeds"].shape[1])
         return (), kwargs
 
     def sequence_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
@@ -187,6 +188,15 @@ class PrefixTuning(nn.Module):
         output.last_hidden_state = output.last_hidden_state[:, p:]
         if getattr(output, "hidden_states", None) is not None:
             output.hidden_states = tuple(h[:, p:] for h in output.hidden_states)
+        return output
+
+    def top_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Drop the inserted positions from hidden states that transformers records per layer
+        (BERT-like models collect `output_hidden_states` with hooks of their own)."""
+        p, n = self._last
+        states = getattr(output, "hidden_states", None)
+        if p and states is not None:
+            output.hidden_states = tuple(h[:, p:] if h.shape[1] == n else h for h in states)
         return output
 
     def attn_pre_hook(self, layer: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -291,6 +301,7 @@ def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
     seq = base.get_submodule(fam.sequence_out) if fam.sequence_out else base
     prefix._handles.append(base.register_forward_pre_hook(prefix.base_pre_hook, with_kwargs=True))
     prefix._handles.append(seq.register_forward_hook(prefix.sequence_hook))
+    prefix._handles.append(model.register_forward_hook(prefix.top_hook))
     for i, block in enumerate(block_list):
         if not layer:
             break
