@@ -220,6 +220,8 @@ def test_missing_or_broken_json_is_a_clear_error(saved):
     (saved / META).unlink()
     with pytest.raises(ConfigError, match="not found"):
         read_meta(saved)
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_meta(saved / "nowhere")
 
 
 # -- several LoRA adapters on one base -------------------------------------------------------------

@@ -142,6 +142,10 @@ def save_adapter(
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"{path} does not exist; an adapter is a directory with {WEIGHTS} + {META}"
+        )
     directory = path if path.is_dir() else path.parent
     return directory / WEIGHTS, directory / META
 
