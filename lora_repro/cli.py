@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lora_repro.adapter_cli import cmd_adapter
 from lora_repro.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -65,12 +66,14 @@ def cmd_count(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
+    "adapter": cmd_adapter,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
 
 commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
+  adapter   saved adapters: info, merge, export-peft, combine (`lora-repro adapter --help`)
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if rest and rest[0] in ("-h", "--help"):
+    if rest and rest[0] in ("-h", "--help") and command != "adapter":  # argparse has its own help
         from omegaconf import OmegaConf
 
         print((COMMANDS[command].__doc__ or "").strip() + "\n")

@@ -39,8 +39,14 @@ class Family:
     targets: dict[str, Target]  # letter -> location inside one block
     heads: tuple[str, ...]  # top-level module names of the task head (trainable under every method)
     attention: str  # path inside a block to the self-attention module (prefix tuning hooks here)
-    ffn_out: str  # path inside a block to the FFN's output sub-layer (adapters go after it)
-    attn_out: str  # path inside a block to the attention's output sub-layer
+    # Bottleneck adapters go where Houlsby et al. (2019, Fig. 2) put them: on a sub-layer's output after
+    # its projection and dropout, before the residual add (and, in post-LN blocks, before the LayerNorm).
+    # These paths name that last module (the sub-layer's output dropout); adapters wrap it.
+    ffn_out: str  # path inside a block to the FFN output's last module before the residual
+    attn_out: str  # path inside a block to the attention output's last module before the residual
+    # Path from `model.base_model` to the module whose output holds the per-position hidden states before
+    # any pooling ("" = the base model itself); prefix tuning drops its positions from that output.
+    sequence_out: str = ""
 
 
 _BERT_LIKE = {
@@ -61,8 +67,9 @@ FAMILIES: dict[str, Family] = {
         },
         heads=("classifier",),
         attention="attention.self",
-        ffn_out="output",
-        attn_out="attention.output",
+        ffn_out="output.dropout",
+        attn_out="attention.output.dropout",
+        sequence_out="encoder",
     ),
     "bert": Family(
         blocks="encoder.layer",
@@ -74,8 +81,9 @@ FAMILIES: dict[str, Family] = {
         },
         heads=("classifier",),
         attention="attention.self",
-        ffn_out="output",
-        attn_out="attention.output",
+        ffn_out="output.dropout",
+        attn_out="attention.output.dropout",
+        sequence_out="encoder",
     ),
     "deberta-v2": Family(
         blocks="encoder.layer",
@@ -88,8 +96,9 @@ FAMILIES: dict[str, Family] = {
         # DeBERTa's ContextPooler is not in the pretrained checkpoint: it is part of the new head.
         heads=("pooler", "classifier"),
         attention="attention.self",
-        ffn_out="output",
-        attn_out="attention.output",
+        ffn_out="output.dropout",
+        attn_out="attention.output.dropout",
+        sequence_out="encoder",
     ),
     "gpt2": Family(
         blocks="h",
@@ -104,8 +113,8 @@ FAMILIES: dict[str, Family] = {
         },
         heads=("score",),
         attention="attn",
-        ffn_out="mlp",
-        attn_out="attn",
+        ffn_out="mlp.dropout",
+        attn_out="attn.resid_dropout",
     ),
 }
 

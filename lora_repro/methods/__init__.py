@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from lora_repro.errors import ConfigError, check_choice
-from lora_repro.methods import bitfit, full, lora
+from lora_repro.methods import adapters, bitfit, full, lora, prefix
 from lora_repro.methods.base import MethodConfig
 from lora_repro.models import head_params
 
@@ -28,6 +28,11 @@ METHODS: dict[str, Method] = {
     "full_topk": Method(full.TopKConfig, full.apply_topk),
     "bitfit": Method(bitfit.Config, bitfit.apply),
     "lora": Method(lora.Config, lora.apply),
+    "adapter_houlsby": Method(adapters.HoulsbyConfig, adapters.apply),
+    "adapter_pfeiffer": Method(adapters.PfeifferConfig, adapters.apply),
+    "adapter_lin": Method(adapters.LinConfig, adapters.apply),
+    "prefix_layer": Method(prefix.LayerConfig, prefix.apply),
+    "prefix_embed": Method(prefix.EmbedConfig, prefix.apply),
 }
 
 
