@@ -256,3 +256,32 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
     assert rec["status"] == "success"
     runs = list((tmp_path / "wb").glob("wandb/offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeypatch):
+    """The NLG hook: lora_repro.generate.run(model, tokenizer, task_data, cfg, run_dir) gets the model
+    holding the best evaluation's weights, and its scores land in the record."""
+    import sys
+    import types
+
+    monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "nlg", "toytask")
+    seen = {}
+
+    def run(model, tokenizer, task_data, cfg, run_dir):
+        seen["weights"] = {
+            n: p.detach().clone() for n, p in model.named_parameters() if ".lora." in n
+        }
+        seen["args"] = (task_data.name, cfg.task.kind, run_dir)
+        return {"BLEU": 0.5}
+
+    monkeypatch.setitem(sys.modules, "lora_repro.generate", types.SimpleNamespace(run=run))
+    cfg = toytask.config(
+        tmp_path, "model=tiny-gpt2", "task.kind=nlg", "train.lr=1e-2", "train.max_steps=null",
+        "train.epochs=2", task="toy_lm",
+    )  # fmt: skip
+    rec = train.run(cfg)
+    folder = tmp_path / rec["run"]["id"]
+    assert rec["metrics"]["generation"] == {"BLEU": 0.5}
+    assert seen["args"] == ("toy_lm", "nlg", folder)
+    best = load_file(str(folder / "adapter.safetensors"))
+    assert all(torch.equal(seen["weights"][n], best[n]) for n in seen["weights"])
