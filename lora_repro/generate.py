@@ -186,7 +186,9 @@ def generate_texts(
         for start in range(0, len(inputs), batch_size):
             chunk = [ex["input_ids"] for ex in inputs[start : start + batch_size]]
             for ids in beam_search(model, chunk, settings, pad_token_id(tokenizer)):
-                texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+                # gpt2_decode.py also cuts at the first blank line ("\n\n", GPT-2's token 628)
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                texts.append(text.split("\n\n")[0].strip())
             log.info("decoded %d / %d", len(texts), len(inputs))
     finally:
         model.train(was_training)
