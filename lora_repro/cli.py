@@ -53,14 +53,17 @@ def cmd_count(argv: list[str]) -> int:
 
 
 def cmd_generate(argv: list[str]) -> int:
-    """Decode and score a trained NLG run (lora_repro.generate)."""
+    """Decode and score a trained NLG run (lora_repro.generate): --run-dir DIR [--adapter FILE]
+    [--split test] [--limit N] [--batch-size 8] [--device auto|cpu|cuda] [--beam-size K]
+    [--length-penalty LP] [--no-repeat-ngram-size N] [--max-new-tokens T] [--metrics BLEU,NIST,...]"""
     from lora_repro.generate import cmd_generate as run
 
     return run(argv)
 
 
 def cmd_score(argv: list[str]) -> int:
-    """Score NLG outputs against references (lora_repro.score)."""
+    """Score NLG outputs against references (lora_repro.score): --task e2e|webnlg|dart --refs FILE
+    (repeatable) --hyps FILE [--metrics ...] [--out scores.json]"""
     from lora_repro.score import cmd_score as run
 
     return run(argv)
