@@ -148,10 +148,29 @@ def cmd_count(argv: list[str]) -> int:
     return 0
 
 
+def cmd_generate(argv: list[str]) -> int:
+    """Decode and score a trained NLG run (lora_repro.generate): --run-dir DIR [--adapter FILE]
+    [--split test] [--limit N] [--batch-size 8] [--device auto|cpu|cuda] [--beam-size K]
+    [--length-penalty LP] [--no-repeat-ngram-size N] [--max-new-tokens T] [--metrics BLEU,NIST,...]"""
+    from lora_repro.generate import cmd_generate as run
+
+    return run(argv)
+
+
+def cmd_score(argv: list[str]) -> int:
+    """Score NLG outputs against references (lora_repro.score): --task e2e|webnlg|dart --refs FILE
+    (repeatable) --hyps FILE [--metrics ...] [--out scores.json]"""
+    from lora_repro.score import cmd_score as run
+
+    return run(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
     "train": cmd_train,
     "adapter": cmd_adapter,
+    "generate": cmd_generate,
+    "score": cmd_score,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
@@ -160,6 +179,8 @@ commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
   train     train one config (or a sweep with -m) and write its run record
   adapter   saved adapters: info, merge, export-peft, combine (`lora-repro adapter --help`)
+  generate  beam-search decode + score a trained NLG run: generate --run-dir DIR [--split test]
+  score     score NLG outputs: score --task e2e --refs REFS --hyps HYPS
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""

@@ -71,6 +71,8 @@ class TaskConfig:
     length_penalty: float = 0.9
     no_repeat_ngram_size: int = 4
     max_new_tokens: int = 64
+    files: dict[str, str] | None = None  # NLG split -> file (relative to data_dir); None = defaults
+    generate_split: str = "test"  # NLG: the split `generate` decodes and scores after training
 
     def __post_init__(self) -> None:
         check_choice("task kind", self.kind, TASK_KINDS)

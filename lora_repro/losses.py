@@ -1,0 +1,35 @@
+"""Losses shared by the training loop and the tests. Pure torch; imports nothing of ours."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # labels with this value (context and padding) contribute nothing to the loss
+
+
+def lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Causal-LM loss on the completion tokens only (§5.4 / Table 11 of the paper).
+
+    `logits` (batch, seq, vocab) at position t predict the token at t + 1, so logits are cut to
+    [:, :-1] and labels to [:, 1:]. Positions whose label is -100 (the context and the padding) are
+    ignored, and the loss is the mean over the remaining tokens of the whole batch (token-weighted,
+    as the released code's `loss.sum() / mask.sum()`).
+
+    Label smoothing ε mixes the one-hot target with the uniform distribution over the vocabulary:
+    loss = (1 − ε) · (−log p_y) + ε · mean_c(−log p_c). That is both torch's definition and the
+    released LoRA code's (`(1 - ε) * nll + ε * (-logprobs.mean(-1))`); Table 11 uses ε = 0.1 for E2E
+    and WebNLG and 0 for DART.
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
+    shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    if not (shift_labels != IGNORE_INDEX).any():
+        # cross_entropy's mean over zero tokens is NaN; a batch with nothing to predict adds nothing.
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(
+        shift_logits, shift_labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
