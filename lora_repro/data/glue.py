@@ -1,9 +1,12 @@
 """The eight GLUE tasks of the paper's Table 2, read from the hub or from GLUE's own TSV files.
 
-`build(cfg, tokenizer) -> TaskData`. Both sources give the same rows in the same order (the hub's copy
-was made from the same files), and they are encoded the same way: one sentence or a sentence pair,
+`build(cfg, tokenizer) -> TaskData`. The hub's copy was made from the same GLUE files (its MRPC
+train holds 3,668 rows rebuilt from the MSR corpus where GLUE's train.tsv has 3,667, so seeded subsets
+of MRPC differ between sources). Both sources are encoded the same way: one sentence or a sentence pair,
 truncated longest-first to `max_length` (as run_glue does), padded per batch to the longest example.
 Label ids follow the hub's order, so a model trained on one source scores on the other.
+Eval splits are named `dev` (`dev_matched`, `dev_mismatched` for MNLI); metric keys are
+`<split>/<metric>` and `TaskData.primary_metric` is one of them (Table 2's number).
 """
 
 from __future__ import annotations
@@ -207,11 +210,11 @@ def _hub_splits(task: GlueTask) -> dict[str, list[Row]]:
         rows = []
         for i, (t, label) in enumerate(zip(texts, split["label"], strict=True)):
             where = f"{HUB_DATASET}/{task.hub_name}[{hub_split}] row {i}"
-            if task.labels and label not in range(task.num_labels):
-                raise ConfigError(
-                    f"{where}: label {label!r} is not a class id of {list(task.labels)}"
-                )
-            rows.append((tuple(t), label if task.labels else _label(task, str(label), where)))
+            if not task.labels:
+                label = _label(task, str(label), where)
+            elif label not in range(task.num_labels):  # -1 marks the unlabelled test splits
+                raise ConfigError(f"{where}: label {label!r} is not a class id of {task.labels}")
+            rows.append((tuple(t), label))
         if not rows:
             raise ConfigError(f"{HUB_DATASET}/{task.hub_name}[{hub_split}] has no examples")
         out[name] = rows
