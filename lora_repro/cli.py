@@ -52,14 +52,23 @@ def cmd_count(argv: list[str]) -> int:
     return 0
 
 
+def cmd_analyze(argv: list[str]) -> int:
+    """§7 analyses of trained adapters: `lora-repro analyze subspace|spectrum|amplification -h`."""
+    from analysis.cli import main as analyze  # the one seam where lora_repro touches analysis
+
+    return analyze(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
+    "analyze": cmd_analyze,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
 
 commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
+  analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if rest and rest[0] in ("-h", "--help"):
+    if rest and rest[0] in ("-h", "--help") and command != "analyze":
         from omegaconf import OmegaConf
 
         print((COMMANDS[command].__doc__ or "").strip() + "\n")
