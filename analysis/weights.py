@@ -71,22 +71,29 @@ def _module(model: nn.Module, name: str) -> nn.Module:
 
 def base_weights(runs: list[Run], spec: str | None = None) -> list[dict[str, torch.Tensor]]:
     """For each run, W per letter stacked over its layers in nn.Linear layout (out × in), shaped
-    like ΔW. Runs sharing a base model load it once."""
+    like ΔW. Runs sharing a base model load it once and get the very same W tensors, so callers
+    can compute W's own decomposition once per base model (keyed by id)."""
     cfgs = [model_config(run, spec) for run in runs]
     out: list[dict[str, torch.Tensor]] = [{} for _ in runs]
     for key in dict.fromkeys((c.name, c.pretrained) for c in cfgs):
         idx = [i for i, c in enumerate(cfgs) if (c.name, c.pretrained) == key]
         model = load_model(cfgs[idx[0]], "classification", num_labels=2)
+        cache: dict[tuple, torch.Tensor] = {}
         for i in idx:
-            out[i] = _weights(model, runs[i], cfgs[i])
+            out[i] = _weights(model, runs[i], cfgs[i], cache)
         del model
     return out
 
 
-def _weights(model: nn.Module, run: Run, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def _weights(
+    model: nn.Module, run: Run, cfg: ModelConfig, cache: dict[tuple, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for letter, f in run.factors.items():
+            if (letter, *f.modules) in cache:
+                out[letter] = cache[(letter, *f.modules)]
+                continue
             target = FAMILIES[cfg.family].targets.get(letter)
             mats = []
             for name in f.modules:
@@ -106,5 +113,5 @@ def _weights(model: nn.Module, run: Run, cfg: ModelConfig) -> dict[str, torch.Te
                     f"base weight of {letter!r} is {tuple(W.shape[-2:])} but the adapter's ΔW is "
                     f"{want}: is {cfg.name!r} the run's base model?"
                 )
-            out[letter] = W
+            out[letter] = cache[(letter, *f.modules)] = W
     return out

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from analysis.cli import main
 from analysis.runs import read_run, read_runs
+from analysis.weights import base_weights
 from lora_repro.cli import compose
 from lora_repro.cli import main as lora_main
 from lora_repro.methods import lora, prepare
@@ -169,6 +170,11 @@ def test_amplification_cli_against_the_base_model(tmp_path, capsys):
         "method": {"r": 4, "alpha": 16},
     }
     run = write_run(tmp_path / "run", tensors, meta)
+    # a second run on the same base (r=2): one model load, the very same W tensors
+    small = {k: (v[:2] if ".A." in k else v[:, :2]) for k, v in tensors.items()}
+    run2 = write_run(tmp_path / "run2", small, {**meta, "method": {"alpha": 16}})
+    ws = base_weights(read_runs([str(run), str(run2)]))
+    assert ws[0]["q"] is ws[1]["q"] and ws[0]["q"].shape == (2, 32, 32)
     out = run_cli(["amplification", "--runs", str(run), "--out", str(tmp_path / "o")], capsys)
     df = pd.read_csv(next(p for p in out if p.endswith(".csv")))
     assert len(df) == 4
