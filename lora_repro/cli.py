@@ -165,12 +165,20 @@ def cmd_score(argv: list[str]) -> int:
     return run(argv)
 
 
+def cmd_analyze(argv: list[str]) -> int:
+    """§7 analyses of trained adapters: `lora-repro analyze subspace|spectrum|amplification -h`."""
+    from analysis.cli import main as analyze  # the one seam where lora_repro touches analysis
+
+    return analyze(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
     "train": cmd_train,
     "adapter": cmd_adapter,
     "generate": cmd_generate,
     "score": cmd_score,
+    "analyze": cmd_analyze,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
@@ -181,6 +189,7 @@ commands:
   adapter   saved adapters: info, merge, export-peft, combine (`lora-repro adapter --help`)
   generate  beam-search decode + score a trained NLG run: generate --run-dir DIR [--split test]
   score     score NLG outputs: score --task e2e --refs REFS --hyps HYPS
+  analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
