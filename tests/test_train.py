@@ -189,8 +189,11 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
+    # SGD: its update is linear in the gradient, so a wrong micro-batch normalisation would show.
+    monkeypatch.setattr(torch.optim, "AdamW", torch.optim.SGD)
     common = ("+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0")
+    common = (*common, "train.lr=0.5")
     a = train.run(toytask.config(tmp_path / "a", *common, "train.max_steps=6"))
     b = train.run(
         toytask.config(tmp_path / "b", *common, "train.max_steps=6", "train.grad_accum=4")
