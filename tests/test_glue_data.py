@@ -300,3 +300,25 @@ def test_encoded_indexing(tokenizer):
     assert dev.lengths().tolist() == [len(dev[i]["input_ids"]) for i in range(4)]
     with pytest.raises(IndexError):
         dev[4]
+
+
+@pytest.mark.parametrize("task", sorted(GLUE_TASKS))
+def test_task_configs_point_at_the_glue_folder(task, monkeypatch):
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parent.parent / "conf" / "task" / f"{task}.yaml"
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    cfg = TaskConfig(**OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    assert (cfg.name, cfg.kind, cfg.source) == (task, "glue", "local")
+    assert cfg.data_dir == f"data/glue/{DIRS[task]}"
+    monkeypatch.setenv("GLUE_DIR", "/data/glue_full")
+    resolved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert resolved["data_dir"] == f"/data/glue_full/{DIRS[task]}"
+
+
+def test_shipped_sst2_subset_loads(tokenizer):
+    root = Path(__file__).parent.parent / "data" / "glue" / "SST-2"
+    data = build(TaskConfig(name="sst2", data_dir=str(root)), tokenizer)
+    assert len(data.train) == 4000 and len(data.evals["dev"]) == 872
+    labels = [ex["labels"] for ex in data.evals["dev"]]
+    assert labels.count(1) == 444  # GLUE's SST-2 dev: 444 positive, 428 negative
