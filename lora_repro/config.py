@@ -117,7 +117,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps; checkpoints are also written at epoch ends
     keep_checkpoint: bool = False  # keep checkpoint/ after a successful run (default: delete it)
     classifier_dropout: float | None = None  # Table 10 (DeBERTa)
-    init_from: str | None = None  # adapter file to start from (MNLI init for MRPC/RTE/STS-B)
+    init_from: str | None = None  # adapter dir/file; method tensors, no head (MNLI init, §5.1)
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
 
