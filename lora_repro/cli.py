@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lora_repro.adapter_cli import cmd_adapter
 from lora_repro.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -146,6 +145,13 @@ def cmd_count(argv: list[str]) -> int:
     out = {"model": model_cfg.name, "method": method.name, **count_params(model, model_cfg.family)}
     print(json.dumps(out))
     return 0
+
+
+def cmd_adapter(argv: list[str]) -> int:
+    """Saved adapters (lora_repro.adapter_cli): info, merge, export-peft, combine; each has --help."""
+    from lora_repro.adapter_cli import cmd_adapter as run
+
+    return run(argv)
 
 
 def cmd_generate(argv: list[str]) -> int:

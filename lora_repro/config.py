@@ -73,6 +73,7 @@ class TaskConfig:
     max_new_tokens: int = 64
     files: dict[str, str] | None = None  # NLG split -> file (relative to data_dir); None = defaults
     generate_split: str = "test"  # NLG: the split `generate` decodes and scores after training
+    generate_metrics: list[str] | None = None  # NLG: scores computed after training; None = all
 
     def __post_init__(self) -> None:
         check_choice("task kind", self.kind, TASK_KINDS)
@@ -83,6 +84,18 @@ class TaskConfig:
             if value is not None:
                 check_positive(f"task {name}", value)
         check_range("task label_smoothing", self.label_smoothing, 0.0, 1.0)
+        if self.generate_metrics is not None:
+            from lora_repro.metrics.nlg import E2E_METRICS, TRIPLE_METRICS
+
+            if not isinstance(self.generate_metrics, (list, tuple)):
+                raise ConfigError(
+                    f"task generate_metrics must be a list such as [BLEU,NIST], "
+                    f"got {self.generate_metrics!r}"
+                )
+
+            valid = E2E_METRICS if self.name == "e2e" else TRIPLE_METRICS
+            for metric in self.generate_metrics:
+                check_choice(f"task {self.name} generate_metrics entry", metric, valid)
 
 
 @dataclass
@@ -104,7 +117,7 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps; checkpoints are also written at epoch ends
     keep_checkpoint: bool = False  # keep checkpoint/ after a successful run (default: delete it)
     classifier_dropout: float | None = None  # Table 10 (DeBERTa)
-    init_from: str | None = None  # adapter file to start from (MNLI init for MRPC/RTE/STS-B)
+    init_from: str | None = None  # adapter dir/file; method tensors, no head (MNLI init, §5.1)
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
 

@@ -30,8 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,14 +193,6 @@ def generate_texts(
     return texts
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def run_generation(
     model: nn.Module,
     tokenizer: Any,
@@ -217,6 +207,7 @@ def run_generation(
     official scripts can re-score them) and `<split>.scores.json`."""
     from lora_repro.data.nlg import eos_token_id, generation_set
     from lora_repro.metrics.nlg import score_task
+    from lora_repro.record import write_atomic
 
     split = task.generate_split
     inputs = generation_set(task, tokenizer, split)
@@ -239,35 +230,22 @@ def run_generation(
     return scores
 
 
-def load_adapter(model: nn.Module, path: Path) -> None:
-    """Load a safetensors state dict whose keys are a subset of the model's (the trained parameters)."""
-    from safetensors.torch import load_file
-
-    from lora_repro.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"adapter file {path} does not exist")
-    state = load_file(str(path))
-    missing = sorted(set(state) - set(model.state_dict()))
-    if missing:
-        raise ConfigError(f"{path}: {len(missing)} tensor(s) not in the model, e.g. {missing[0]!r}")
-    model.load_state_dict(state, strict=False)
-
-
 def cmd_generate(argv: list[str]) -> int:
     """Decode and score a trained run: lora-repro generate --run-dir DIR [--split test] [...]."""
     import yaml
 
     from lora_repro.config import RunConfig
     from lora_repro.errors import ConfigError
-    from lora_repro.methods import prepare
+    from lora_repro.methods.state import load_adapter
     from lora_repro.models import load_model, tokenizer_source
 
     ap = argparse.ArgumentParser(prog="lora-repro generate", description=cmd_generate.__doc__)
     ap.add_argument(
         "--run-dir", required=True, help="run folder holding config.yaml and the adapter"
     )
-    ap.add_argument("--adapter", help="adapter file (default: RUN_DIR/adapter.safetensors)")
+    ap.add_argument(
+        "--adapter", help="adapter directory (adapter.safetensors + adapter.json; default: RUN_DIR)"
+    )
     ap.add_argument("--split", help="split to decode (default: task.generate_split)")
     ap.add_argument("--limit", type=int, help="decode only the first N inputs")
     ap.add_argument("--batch-size", type=int, default=8)
@@ -297,8 +275,8 @@ def cmd_generate(argv: list[str]) -> int:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(cfg.model))
     torch.manual_seed(cfg.seed)  # random-init (tiny) bases are rebuilt from the run's seed
     model = load_model(cfg.model, "lm", device=device)
-    prepare(model, cfg.method, cfg.model.family)
-    load_adapter(model, Path(args.adapter) if args.adapter else run_dir / "adapter.safetensors")
+    # The adapter applies its own method (recorded in adapter.json) after checking the base model.
+    load_adapter(model, args.adapter or run_dir, cfg.model.family, base=cfg.model)
     model.to(device)
     metrics = args.metrics.split(",") if args.metrics else None
     scores = run_generation(model, tokenizer, task, run_dir, args.batch_size, metrics)

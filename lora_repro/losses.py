@@ -9,7 +9,10 @@ IGNORE_INDEX = -100  # labels with this value (context and padding) contribute n
 
 
 def lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Causal-LM loss on the completion tokens only (§5.4 / Table 11 of the paper).
 
@@ -22,14 +25,24 @@ def lm_loss(
     loss = (1 − ε) · (−log p_y) + ε · mean_c(−log p_c). That is both torch's definition and the
     released LoRA code's (`(1 - ε) * nll + ε * (-logprobs.mean(-1))`); Table 11 uses ε = 0.1 for E2E
     and WebNLG and 0 for DART.
+
+    `reduction="sum"` returns the sum over the counted tokens instead: the trainer divides by the
+    target-token count of the whole global batch, so accumulation and several processes give the same
+    update as one big batch.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction {reduction!r}; valid: mean, sum")
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree")
     shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
     shift_labels = labels[:, 1:].reshape(-1)
-    if not (shift_labels != IGNORE_INDEX).any():
+    if reduction == "mean" and not (shift_labels != IGNORE_INDEX).any():
         # cross_entropy's mean over zero tokens is NaN; a batch with nothing to predict adds nothing.
         return shift_logits.sum() * 0.0
     return F.cross_entropy(
-        shift_logits, shift_labels, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+        shift_logits,
+        shift_labels,
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+        reduction=reduction,
     )

@@ -31,7 +31,7 @@ NON_IDENTITY = {
     "runs_dir": None,
     "logging": None,
     "cluster": None,
-    "task": ("data_dir", "source"),
+    "task": ("data_dir", "source", "generate_metrics"),  # which scores are reported, not computed
     "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum"),
 }  # fmt: skip
 
@@ -256,68 +256,3 @@ def is_oom(exc: BaseException) -> bool:
 
 def write_result(folder: Path, record: dict[str, Any]) -> None:
     write_atomic(folder / "result.json", json.dumps(record, indent=2, sort_keys=False, default=str))
-
-
-# --- adapter files (methods/state.py will take these over; keep them together and small) ----------
-
-
-def save_adapter(model: Any, cfg: RunConfig, folder: Path, num_labels: int) -> int:
-    """The run's trainable tensors, keyed by the model's parameter names, as adapter.safetensors, plus
-    adapter.json naming the method config and base model. Returns the adapter's size in bytes."""
-    from safetensors.torch import save_file
-
-    tensors = {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
-    tmp = folder / ".adapter.safetensors.tmp"
-    # One metadata key only: safetensors writes metadata in hash-map order, and identical weights should
-    # give identical bytes (the method and base model are in adapter.json).
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "adapter.safetensors")
-    meta = {
-        "method": asdict(cfg.method),
-        "base_model": {k: getattr(cfg.model, k) for k in ("name", "family", "pretrained", "init")},
-        "task": cfg.task.name,
-        "num_labels": num_labels,
-    }
-    write_atomic(folder / "adapter.json", json.dumps(meta, indent=2))
-    return (folder / "adapter.safetensors").stat().st_size
-
-
-def load_adapter(model: Any, path: str | Path, head_names: set[str]) -> list[str]:
-    """Copy an adapter file's tensors into `model` by parameter name (train.init_from). The task head
-    is skipped when its shape differs (MNLI's 3 labels -> MRPC's 2, §5.2 / Table 9); any other
-    missing name or shape mismatch is a ConfigError. Returns the names loaded."""
-    import torch
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"train.init_from {str(path)!r} is not a file (expected adapter.safetensors)"
-        )
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    loaded = []
-    for name, value in tensors.items():
-        in_head = name in head_names
-        if name not in params:
-            if in_head:
-                continue
-            raise ConfigError(
-                f"train.init_from: {path} has tensor {name!r} that this model lacks "
-                f"(different method or targets?)"
-            )
-        if params[name].shape != value.shape:
-            if in_head:
-                continue  # a new head for a different label count
-            raise ConfigError(
-                f"train.init_from: {name!r} has shape {tuple(value.shape)} in {path} but "
-                f"{tuple(params[name].shape)} in this model (different rank or model size?)"
-            )
-        with torch.no_grad():
-            params[name].copy_(value)
-        loaded.append(name)
-    if not [n for n in loaded if n not in head_names]:
-        raise ConfigError(f"train.init_from: {path} holds no tensor of this model's method")
-    return loaded

@@ -7,7 +7,6 @@ train.py owns the loop and calls into a Session; a Session never trains.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import logging.handlers
 import os
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from lora_repro import record
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
+from lora_repro.generate import run_generation
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,6 +141,12 @@ class Session:
             )
         if self.data.primary_metric is None:
             raise ConfigError(f"task {cfg.task.name!r} names no primary metric")
+        split = self.data.selected_by.split("/")[0]
+        if split not in self.data.evals:
+            raise ConfigError(
+                f"task {cfg.task.name!r}: the best epoch is chosen by {self.data.selected_by}, but "
+                f"the task has no {split!r} split; it has: {sorted(self.data.evals) or 'none'}"
+            )
         overrides = {}
         if t.classifier_dropout is not None:  # Table 10 (DeBERTa's cls_dropout)
             key = {"deberta-v2": "cls_dropout", "gpt2": None}.get(
@@ -158,13 +164,34 @@ class Session:
         prepare(self.model, cfg.method, cfg.model.family)
         self.head_names = set(head_params(self.model, cfg.model.family))
         if t.init_from:
-            names = record.load_adapter(self.model, t.init_from, self.head_names)
-            log.info("init_from %s: loaded %d tensors", t.init_from, len(names))
+            self.init_from(t.init_from)
         self.counts = count_params(self.model, cfg.model.family)
         # Tiny test models borrow a BERT tokenizer, whose pair segment ids a model with a single
         # segment embedding (RoBERTa) or none (GPT-2) cannot take.
         self.use_types = getattr(self.model.config, "type_vocab_size", 0) > 1
         log.info("trainable %s", self.counts)
+
+    def init_from(self, path: str) -> None:
+        """Start from a saved adapter's method tensors, never its task head: the paper starts MRPC,
+        RTE and STS-B from the MNLI LoRA weights with a new head (§5.1, Table 9), and a head trained
+        for other labels means nothing here even when the label count matches."""
+        from lora_repro.methods import state
+
+        cfg = self.cfg
+        try:
+            meta = state.read_meta(path)
+            if meta.method.name != cfg.method.name:
+                raise ConfigError(
+                    f"the adapter was trained with method {meta.method.name!r}, this run uses "
+                    f"{cfg.method.name!r}"
+                )
+            name = getattr(cfg.method, "adapter_name", None)  # LoRA: refill this run's adapter
+            state.load_adapter(
+                self.model, path, cfg.model.family, base=cfg.model, name=name, with_head=False
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"train.init_from: {exc}") from None
+        log.info("init_from %s: loaded %s", path, meta.method)
 
     def open_folder(self) -> None:
         """Create the run folder: config.yaml, log.txt (with the setup log so far), wandb."""
@@ -219,27 +246,48 @@ class Session:
             )
 
     def save_adapter(self) -> None:
-        record.save_adapter(self.model, self.cfg, self.folder, self.data.num_labels)
+        """adapter.safetensors + adapter.json in the run folder (methods/state.py's format)."""
+        from lora_repro.methods import state
+
+        cfg = self.cfg
+        state.save_adapter(
+            self.model, self.folder, cfg.method, cfg.model, head=self.data.head, task=cfg.task.name
+        )
+
+    def load_adapter(self) -> None:
+        """Put the saved (best) weights back into the model, head included."""
+        from lora_repro.methods import state
+
+        name = getattr(self.cfg.method, "adapter_name", None)
+        state.load_adapter(self.model, self.folder, self.cfg.model.family, self.cfg.model, name)
 
     # --- after training -------------------------------------------------------------------------
 
     def after_training(self, outcome: dict[str, Any]) -> None:
-        """NLG tasks decode after training with the best weights: `lora_repro.generate.run(model,
-        tokenizer, task_data, cfg, run_dir) -> {metric: value}` (the NLG module's hook)."""
+        """NLG tasks: put the best evaluation's weights back (adapter.safetensors, chosen by validation
+        loss) and decode `task.generate_split` with beam search (Table 11). The scores join the best
+        evaluation as `<split>/<metric>`, so the record's primary metric is the decode's BLEU."""
         if self.cfg.task.kind != "nlg":
             return
-        try:
-            generate = importlib.import_module("lora_repro.generate")
-        except ModuleNotFoundError:
-            generate = None
-        if not hasattr(generate, "run"):
-            log.warning("no lora_repro.generate.run: no decoding after training")
-            return
+        task = self.cfg.task
         if self.rank == 0:
-            record.load_adapter(self.model, self.folder / "adapter.safetensors", self.head_names)
-            outcome["generation"] = generate.run(
-                self.model, self.tokenizer, self.data, self.cfg, self.folder
+            self.load_adapter()
+            scores = run_generation(
+                self.model, self.tokenizer, task, self.folder, self.cfg.train.eval_batch_size,
+                task.generate_metrics,
+            )  # fmt: skip
+            named = {f"{task.generate_split}/{k}": v for k, v in scores.items()}
+            best = outcome["best"]
+            self.log_row(
+                {"event": "generate", "step": outcome["steps"], "best_step": best["step"], **named}
             )
+            log.info(
+                "generate %s with the best weights (step %d): %s",
+                task.generate_split,
+                best["step"],
+                named,
+            )
+            outcome["best"] = {**best, **named}
         if self.world > 1:
             dist.barrier()
 
@@ -307,12 +355,12 @@ class Session:
             "task": task,
             "metrics": {
                 "primary_metric": primary,
+                "selected_by": data.selected_by if data is not None else None,
                 "primary": best.get(primary),
                 "best_step": best.get("step"),
                 "best_epoch": best.get("epoch"),
                 "best": metrics(best),
                 "final": metrics(out.get("last")),
-                **({"generation": out["generation"]} if "generation" in out else {}),
             },
             "cost": {
                 **self.counts,

@@ -26,10 +26,10 @@ from torch import nn
 from lora_repro import checkpoint
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
+from lora_repro.losses import IGNORE_INDEX, lm_loss
 from lora_repro.session import Session, gather, on_main
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 class RunFailed(RuntimeError):
@@ -37,25 +37,6 @@ class RunFailed(RuntimeError):
 
 
 # --- losses -----------------------------------------------------------------------------------------
-
-
-def lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Causal-LM loss on the completion only (§5.4, Table 11): position t predicts labels[t + 1];
-    labels of -100 (context, padding) are ignored. `reduction="sum"` lets the trainer normalise by
-    the target-token count of the whole global batch."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    if reduction == "mean" and not (shift_labels != IGNORE_INDEX).any():
-        return shift_logits.sum() * 0.0  # nothing to predict: 0, not cross_entropy's NaN
-    return F.cross_entropy(
-        shift_logits, shift_labels, ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing, reduction=reduction,
-    )  # fmt: skip
 
 
 def loss_sum(
@@ -202,8 +183,8 @@ def fit(s: Session) -> dict[str, Any]:
         metrics = evaluate(raw, data, s)
         row = {"event": "eval", "step": pos["step"], "epoch": pos["step"] / per_epoch, **metrics}
         s.log_row(row)
-        primary = data.primary_metric
-        if better(primary, metrics[primary], (pos["best"] or {}).get(primary)):
+        key = data.selected_by  # NLG: validation loss; its BLEU comes from after_training's decode
+        if better(key, metrics[key], (pos["best"] or {}).get(key)):
             pos["best"] = row
             if s.rank == 0:
                 s.save_adapter()  # adapter.safetensors always holds the best evaluation's weights

@@ -1,5 +1,6 @@
 """End to end on the tiny GPT-2: train a few steps on real E2E dev pairs, beam-search the test
-inputs, score, and reproduce the same predictions from a saved run with `lora-repro generate`."""
+inputs, score, and reproduce the same predictions from a saved run with `lora-repro generate`; and the
+same through `lora-repro train`, which decodes with the best weights after training."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from lora_repro.data import nlg
 from lora_repro.generate import run_generation
 from lora_repro.losses import lm_loss
 from lora_repro.methods import prepare
+from lora_repro.methods.state import save_adapter
 from lora_repro.metrics.nlg import java_available
 from lora_repro.models import load_model, tokenizer_source
 
@@ -53,7 +55,6 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def test_train_decode_score_and_regenerate(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
     cfg = run_config(tmp_path)
@@ -101,10 +102,7 @@ def test_train_decode_score_and_regenerate(tmp_path: Path) -> None:
 
     # a saved run decodes to the same predictions through `lora-repro generate`
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    save_file(
-        {n: p.detach().contiguous() for n, p in trainable.items()},
-        str(run_dir / "adapter.safetensors"),
-    )
+    save_adapter(model, run_dir, cfg.method, cfg.model, head="lm", task="e2e")
     first = (out / "test.hyp.txt").read_text()
     assert (
         main(["generate", "--run-dir", str(run_dir), "--batch-size", "3", "--metrics", "BLEU"]) == 0
@@ -121,3 +119,59 @@ def test_generate_and_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["score", "--task", "e2e", "--refs", str(refs), "--hyps", str(hyps)]) == 2
     err = capsys.readouterr().err
     assert "2 hypotheses" in err and "3 reference groups" in err
+
+
+def test_train_cli_decodes_with_the_best_weights_and_records_the_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`lora-repro train task=e2e`: the best evaluation is chosen by validation loss, the run's adapter
+    holds its weights, the test inputs are beam-searched with them, and the scores are the record's
+    metrics (primary: test/BLEU); `lora-repro generate` on the run folder decodes the same text."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(
+            [
+                "train", "model=tiny-gpt2", "task=e2e", f"task.data_dir={FIX}",
+                "task.files={train: valid.txt, validation: valid.txt, test: test.txt}",
+                "task.max_length=128", "task.train_limit=32", "task.eval_limit=4",
+                "task.beam_size=2", "task.max_new_tokens=8", "task.generate_metrics=[BLEU,NIST]",
+                "train.batch_size=4", "train.max_steps=6", "train.eval_every=2", "train.lr=1e-2",
+                "train.warmup_steps=0", "logging.progress=false", f"runs_dir={tmp_path}",
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (result,) = tmp_path.glob("default/tiny-gpt2/e2e/*/*/s0/result.json")
+    folder = result.parent
+    rec = json.loads(result.read_text())
+    m = rec["metrics"]
+    assert rec["status"] == "success"
+    assert (m["primary_metric"], m["selected_by"]) == ("test/BLEU", "validation/loss")
+    assert "test/BLEU = " in out and "(primary)" in out
+
+    # the best evaluation is the lowest validation loss of the three
+    evals = [r for r in (json.loads(x) for x in (folder / "history.jsonl").read_text().splitlines())
+             if r["event"] == "eval"]  # fmt: skip
+    assert [r["step"] for r in evals] == [2, 4, 6]
+    best = min(evals, key=lambda r: r["validation/loss"])
+    assert m["best_step"] == best["step"]
+    assert m["best"]["validation/loss"] == best["validation/loss"]
+
+    # the decode's scores are the record's, from the files run_generation wrote
+    scores = json.loads((folder / "generate" / "test.scores.json").read_text())
+    assert scores["split"] == "test" and set(scores) == {"split", "BLEU", "NIST"}
+    assert m["primary"] == m["best"]["test/BLEU"] == scores["BLEU"] and math.isfinite(
+        scores["BLEU"]
+    )
+    assert m["best"]["test/NIST"] == scores["NIST"]
+    hyps = (folder / "generate" / "test.hyp.txt").read_text()
+    assert len(hyps.splitlines()) == 4
+
+    # the run's adapter (state.py format) regenerates the same text: the decode used those weights
+    meta = json.loads((folder / "adapter.json").read_text())
+    assert meta["method"]["name"] == "lora" and meta["head"] == "lm"
+    assert main(["generate", "--run-dir", str(folder), "--metrics", "BLEU"]) == 0
+    assert (folder / "generate" / "test.hyp.txt").read_text() == hyps

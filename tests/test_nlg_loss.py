@@ -67,3 +67,16 @@ def test_nothing_to_predict_is_zero_not_nan() -> None:
     loss = lm_loss(logits, torch.full((1, 4), -100), 0.1)
     assert loss.item() == 0.0
     loss.backward()
+
+
+def test_sum_reduction_is_the_token_sum() -> None:
+    """The trainer sums micro-batch losses and divides by the global batch's target-token count."""
+    logits, labels = batch()
+    n = int((labels[:, 1:] != -100).sum())
+    for eps in (0.0, 0.1):
+        assert math.isclose(
+            lm_loss(logits, labels, eps, reduction="sum").item(),
+            n * manual_loss(logits, labels, eps),
+            rel_tol=1e-5,
+        )
+    assert lm_loss(logits, torch.full((2, 7), -100), reduction="sum").item() == 0.0

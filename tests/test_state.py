@@ -153,6 +153,18 @@ def test_a_pickle_renamed_safetensors_is_refused_and_never_unpickled(saved, tmp_
     assert not marker.exists()
 
 
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file begins with its header's length: 128 + 256·k bytes puts 0x80 (pickle's
+    first byte) first. Such a file is valid and must load."""
+    for pad in range(64):
+        save_file({"x": torch.arange(3.0)}, str(tmp_path / WEIGHTS), metadata={"p": "a" * pad})
+        if (tmp_path / WEIGHTS).read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length of 0x80 mod 256")
+    assert torch.equal(read_tensors(tmp_path)["x"], torch.arange(3.0))
+
+
 def test_a_truncated_file_is_refused(saved):
     data = (saved / WEIGHTS).read_bytes()
     (saved / WEIGHTS).write_bytes(data[: len(data) - 10])

@@ -27,43 +27,7 @@ def _toy(monkeypatch):
     torch.set_num_threads(threads)
 
 
-# --- losses -----------------------------------------------------------------------------------------
-
-
-def test_lm_loss_is_shifted_completion_only_cross_entropy():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 6, -100, -100]])
-    # Independent: loop over positions; position t predicts labels[t + 1] when that label is set.
-    terms = []
-    for b in range(2):
-        for t in range(4):
-            y = labels[b, t + 1].item()
-            if y != -100:
-                terms.append(-torch.log_softmax(logits[b, t], -1)[y])
-    expected = torch.stack(terms).mean()
-    assert torch.allclose(train.lm_loss(logits, labels), expected, atol=1e-6)
-    assert torch.allclose(
-        train.lm_loss(logits, labels, reduction="sum"), torch.stack(terms).sum(), atol=1e-5
-    )
-
-
-def test_lm_loss_label_smoothing_matches_the_released_formula():
-    torch.manual_seed(1)
-    logits = torch.randn(1, 4, 6)
-    labels = torch.tensor([[-100, 1, 2, 3]])
-    eps = 0.1
-    logp = torch.log_softmax(logits[0, :3], -1)
-    y = labels[0, 1:]
-    nll = -logp[torch.arange(3), y]
-    smooth = -logp.mean(-1)  # (1 - ε)·nll + ε·mean over the vocabulary (Table 11's ε = 0.1)
-    expected = ((1 - eps) * nll + eps * smooth).mean()
-    assert torch.allclose(train.lm_loss(logits, labels, eps), expected, atol=1e-6)
-
-
-def test_lm_loss_with_nothing_to_predict_is_zero_not_nan():
-    loss = train.lm_loss(torch.randn(1, 3, 5), torch.full((1, 3), -100))
-    assert loss.item() == 0.0
+# --- losses (lm_loss itself: tests/test_nlg_loss.py) ---------------------------------------------
 
 
 def test_classification_and_regression_loss_sums():
@@ -176,14 +140,18 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     folder = tmp_path / rec["run"]["id"]
     tensors = load_file(str(folder / "adapter.safetensors"))
     assert tensors and all(".lora." in n or n.startswith("classifier.") for n in tensors)
-    meta = json.loads((folder / "adapter.json").read_text())
-    assert meta["method"]["name"] == "lora" and meta["base_model"]["name"] == "tiny-roberta"
+    meta = json.loads((folder / "adapter.json").read_text())  # methods/state.py's format
+    assert meta["method"]["name"] == "lora" and meta["base"]["name"] == "tiny-roberta"
+    assert meta["format_version"] == 1 and meta["num_labels"] == 2 and meta["task"] == "toy"
+    assert meta["tensors"] == {n: list(t.shape) for n, t in tensors.items()}
 
+    from lora_repro.methods.state import load_adapter
     from lora_repro.session import Session
 
-    s = Session(toytask.config(tmp_path / "again", "train.lr=5e-3", "train.max_steps=null"))
+    cfg2 = toytask.config(tmp_path / "again", "train.lr=5e-3", "train.max_steps=null")
+    s = Session(cfg2)
     s.build()
-    record.load_adapter(s.model, folder / "adapter.safetensors", s.head_names)
+    load_adapter(s.model, folder, "roberta", base=cfg2.model)
     again = train.evaluate(s.model, s.data, s)
     s.close()
     assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
@@ -238,10 +206,34 @@ def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
     assert lora and all(torch.equal(params[n].detach(), saved[n]) for n in lora)
     assert params["classifier.out_proj.weight"].shape[0] == 1
 
+    # The same label count: the LoRA tensors load, the head stays this run's fresh one (a head trained
+    # for other labels means nothing here; §5.1 starts MRPC from MNLI with a new head).
+    fresh = Session(toytask.config(tmp_path / "e", task="toy"))
+    fresh.build()
+    fresh_head = {
+        n: p.detach().clone() for n, p in fresh.model.named_parameters() if n in fresh.head_names
+    }
+    fresh.close()
+    s = Session(toytask.config(tmp_path / "b2", f"train.init_from={adapter.parent}", task="toy"))
+    s.build()
+    params = dict(s.model.named_parameters())
+    s.close()
+    assert all(torch.equal(params[n].detach(), saved[n]) for n in lora)
+    heads = [n for n in saved if n.startswith("classifier.")]
+    assert heads and all(torch.equal(params[n].detach(), fresh_head[n]) for n in heads)
+    assert not torch.equal(
+        params["classifier.out_proj.weight"].detach(), saved["classifier.out_proj.weight"]
+    )
+
     s = Session(toytask.config(tmp_path / "c", f"train.init_from={adapter}", "method.r=4"))
     with pytest.raises(
-        ConfigError, match=r"has shape \(\d+, \d+\) in .* but \(\d+, \d+\) in this model"
+        ConfigError,
+        match=r"^train\.init_from: adapter .* does not fit: .*\.lora\.default\.A\.q has shape \(8, 32\), model needs \(4, 32\)",
     ):
+        s.build()
+    s.close()
+    s = Session(toytask.config(tmp_path / "f", f"train.init_from={adapter}", "method=bitfit"))
+    with pytest.raises(ConfigError, match=r"trained with method 'lora', this run uses 'bitfit'"):
         s.build()
     s.close()
     s = Session(toytask.config(tmp_path / "d", f"train.init_from={tmp_path}/nope.safetensors"))
@@ -262,29 +254,34 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
 
 
 def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeypatch):
-    """The NLG hook: lora_repro.generate.run(model, tokenizer, task_data, cfg, run_dir) gets the model
-    holding the best evaluation's weights, and its scores land in the record."""
-    import sys
-    import types
+    """The NLG hook: generate.run_generation(model, tokenizer, task, out_dir, batch_size, metrics)
+    gets the model holding the best evaluation's weights, and its scores join the best metrics."""
+    from lora_repro import session
 
     monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "nlg", "toytask")
     seen = {}
 
-    def run(model, tokenizer, task_data, cfg, run_dir):
+    def run_generation(model, tokenizer, task, out_dir, batch_size, metrics):
         seen["weights"] = {
             n: p.detach().clone() for n, p in model.named_parameters() if ".lora." in n
         }
-        seen["args"] = (task_data.name, cfg.task.kind, run_dir)
+        seen["args"] = (task.name, task.kind, out_dir, batch_size, metrics)
         return {"BLEU": 0.5}
 
-    monkeypatch.setitem(sys.modules, "lora_repro.generate", types.SimpleNamespace(run=run))
+    monkeypatch.setattr(session, "run_generation", run_generation)
     cfg = toytask.config(
         tmp_path, "model=tiny-gpt2", "task.kind=nlg", "train.lr=1e-2", "train.max_steps=null",
-        "train.epochs=2", task="toy_lm",
+        "train.epochs=2", "+task.generate_metrics=[BLEU]", task="toy_lm",
     )  # fmt: skip
     rec = train.run(cfg)
     folder = tmp_path / rec["run"]["id"]
-    assert rec["metrics"]["generation"] == {"BLEU": 0.5}
-    assert seen["args"] == ("toy_lm", "nlg", folder)
+    assert rec["metrics"]["best"]["test/BLEU"] == 0.5
+    assert rec["metrics"]["selected_by"] == "dev/loss"
+    assert seen["args"] == ("toy_lm", "nlg", folder, 64, ["BLEU"])
     best = load_file(str(folder / "adapter.safetensors"))
-    assert all(torch.equal(seen["weights"][n], best[n]) for n in seen["weights"])
+    assert seen["weights"] and all(
+        torch.equal(seen["weights"][n], best[n]) for n in seen["weights"]
+    )
+    rows = record.History(folder / "history.jsonl").rows()
+    assert rows[-1]["event"] == "generate" and rows[-1]["test/BLEU"] == 0.5
+    assert rows[-1]["best_step"] == rec["metrics"]["best_step"]

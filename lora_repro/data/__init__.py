@@ -4,7 +4,8 @@ Contract (every task family implements `build(cfg, tokenizer) -> TaskData`):
 - `train` and each entry of `evals` are sequences of dicts of token-id lists (plus `labels`);
 - `collate` pads a list of those dicts dynamically into a batch of tensors;
 - classification tasks score with `metrics(predictions, labels) -> {name: value}`;
-  language-modelling tasks (NLG) are evaluated by loss during training and decoded afterwards.
+  language-modelling tasks (NLG) are evaluated by loss during training (`select_metric`) and decoded
+  with the best weights afterwards, which gives their primary metric (session.after_training).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ class TaskData:
     version: str  # bumped whenever data handling or scoring changes (recorded in every result)
     head: str  # classification | lm
     num_labels: int  # 1 = regression (STS-B); ignored for lm
-    primary_metric: str
+    primary_metric: str  # the record's headline number, `<split>/<metric>`
     train: Sequence[dict[str, Any]]
     evals: dict[str, Sequence[dict[str, Any]]]  # split name -> examples (MNLI has two)
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     metrics: Callable[[Any, Any], dict[str, float]] | None = None
+    # The evaluation that picks the best epoch, when it is not the primary metric: NLG tasks select
+    # by validation loss during training and report the beam-search decode's BLEU afterwards.
+    select_metric: str | None = None
+
+    @property
+    def selected_by(self) -> str:
+        return self.select_metric or self.primary_metric
 
 
 # task.kind -> module with `build(cfg, tokenizer) -> TaskData`, imported on first use.

@@ -192,8 +192,10 @@ def read_tensors(path: str | Path, meta: AdapterMeta | None = None) -> dict[str,
     if not weights.is_file():
         raise ConfigError(f"{weights} not found")
     with open(weights, "rb") as f:
-        magic = f.read(4)
-    if magic[:1] == b"\x80" or magic == b"PK\x03\x04":
+        magic = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can be
+    # 0x80 (a header of 128 + 256·k bytes), so look for the header's "{" before calling it a pickle.
+    if magic[8:9] != b"{" and (magic[:1] == b"\x80" or magic[:4] == b"PK\x03\x04"):
         raise ConfigError(
             f"{weights} is a pickle / torch.save file, not safetensors; adapters are never unpickled"
         )
