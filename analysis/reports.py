@@ -218,7 +218,7 @@ def spectrum(args: argparse.Namespace) -> list[Path]:
             pd.concat(rank_frames, ignore_index=True), stem.with_name(stem.name + "_ranks.csv")
         ),
     ]
-    title = f"{_describe(runs)}: singular values of ΔW = (α/r)·B A"
+    title = f"{_describe(runs)}: singular values of ΔW = s·B A (s = α/r, or α/√r with rsLoRA)"
     written += write_figure(plots.spectra(panels, [r.label for r in runs], title), stem)
     title = f"{_describe(runs)}: effective rank of ΔW by layer"
     fig = plots.by_layer(
