@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ from analysis.runs import Run, read_runs
 from analysis.spectrum import delta_svd, energy_rank, entropy_rank
 from analysis.subspace import phi, random_phi
 from lora_repro.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 LINES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")
 RANK_MEASURES = {
