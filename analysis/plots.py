@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 CHARS_PER_INCH = 11  # suptitle at 10 pt, for wrapping long titles
 
@@ -83,10 +83,15 @@ def _legend_width(labels: list[str]) -> float:
 
 
 def _plain_log_ticks(ax: Axes) -> None:
-    """'0.9' rather than '9×10⁻¹' on a log axis: short labels that do not collide."""
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(fmt)
-    ax.yaxis.set_minor_formatter(fmt)
+    """'0.1' rather than '10⁻¹' on a log axis, with enough labelled ticks to read values off:
+    1, 2, 5 per decade when the axis spans one or two decades, every integer when it spans less,
+    decades only when it spans more. Call after plotting: it reads the autoscaled limits."""
+    lo, hi = ax.get_ylim()
+    decades = np.log10(hi / max(lo, 1e-300))
+    subs = (1.0,) if decades > 2 else (1.0, 2.0, 5.0) if decades > 0.6 else tuple(range(1, 10))
+    ax.yaxis.set_major_locator(LogLocator(subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _integer_ticks(ax: Axes, x: bool = True, y: bool = True) -> None:
@@ -194,7 +199,7 @@ def spectra(
                     ys = np.maximum(s / s[0], floor)
                     ax.plot(idx, ys, color=cmap(norm(layer)), lw=1.0, marker=".", ms=3)
             ax.set_yscale("log")
-            _plain_log_ticks(ax)
+            _plain_log_ticks(ax)  # after the lines: it reads the limits
             ax.set_xlabel("singular value index i")
             ax.set_ylabel("σᵢ / σ₁")
             ax.set_title(f"{row_titles[r]}: {matrix(letter)}", fontsize=9)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ from analysis.runs import Run, read_runs
 from analysis.spectrum import delta_svd, energy_rank, entropy_rank
 from analysis.subspace import phi, random_phi
 from lora_repro.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 LINES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")
 RANK_MEASURES = {
@@ -218,7 +215,7 @@ def spectrum(args: argparse.Namespace) -> list[Path]:
             pd.concat(rank_frames, ignore_index=True), stem.with_name(stem.name + "_ranks.csv")
         ),
     ]
-    title = f"{_describe(runs)}: singular values of ΔW = (α/r)·B A"
+    title = f"{_describe(runs)}: singular values of ΔW = s·B A (s = α/r, or α/√r with rsLoRA)"
     written += write_figure(plots.spectra(panels, [r.label for r in runs], title), stem)
     title = f"{_describe(runs)}: effective rank of ΔW by layer"
     fig = plots.by_layer(

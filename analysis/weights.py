@@ -3,7 +3,6 @@ through lora_repro.models.load_model, then cut to the matrix each adapter letter
 
 from __future__ import annotations
 
-import logging
 from dataclasses import fields
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from torch import nn
 from analysis.runs import Run
 from lora_repro.errors import ConfigError
 from lora_repro.models import FAMILIES, MODEL_TYPES, ModelConfig, load_model
-
-log = logging.getLogger(__name__)
 
 
 def model_config(run: Run, spec: str | None = None) -> ModelConfig:
