@@ -63,14 +63,32 @@ def cmd_count(argv: list[str]) -> int:
     return 0
 
 
+def cmd_collect(argv: list[str]) -> int:
+    """Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl (sorted, diffable)."""
+    from lora_repro.sweep import collect_main
+
+    return collect_main(argv)
+
+
+def cmd_tables(argv: list[str]) -> int:
+    """Rebuild a paper table from results/ alone: Markdown and LaTeX, cells "ours (paper)"."""
+    from analysis.tables import main as tables  # a CLI seam: lora_repro never imports analysis
+
+    return tables(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
+    "collect": cmd_collect,
+    "tables": cmd_tables,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
 
 commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
+  collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
+  tables    table2|table3|table5|table6|table18|params|all from results/: Markdown + LaTeX
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
