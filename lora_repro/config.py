@@ -15,6 +15,15 @@ from lora_repro.methods.base import MethodConfig
 from lora_repro.models import ModelConfig
 
 TASK_KINDS = ("glue", "nlg")
+# Top-level keys of conf/config.yaml that only other commands read (`count` builds a bare model with
+# them); the trainer takes head and num_labels from the task data instead.
+OTHER_COMMAND_KEYS = ("head", "num_labels")
+
+
+def check_range(what: str, value: float, low: float, high: float) -> None:
+    """Raise a ConfigError unless low <= value < high."""
+    if not low <= value < high:
+        raise ConfigError(f"{what} must be in [{low}, {high}), got {value!r}")
 
 
 @dataclass
@@ -44,6 +53,7 @@ class TaskConfig:
             value = getattr(self, name)
             if value is not None:
                 check_positive(f"task {name}", value)
+        check_range("task label_smoothing", self.label_smoothing, 0.0, 1.0)
 
 
 @dataclass
@@ -63,6 +73,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, GPU)
     eval_every: int | None = None  # steps; None = at each epoch end
     checkpoint_every: int | None = None  # steps; checkpoints are also written at epoch ends
+    keep_checkpoint: bool = False  # keep checkpoint/ after a successful run (default: delete it)
     classifier_dropout: float | None = None  # Table 10 (DeBERTa)
     init_from: str | None = None  # adapter file to start from (MNLI init for MRPC/RTE/STS-B)
     device: str = "auto"  # auto | cpu | cuda
@@ -79,6 +90,18 @@ class TrainConfig:
             check_positive("train max_steps", self.max_steps)
         check_choice("train precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("train device", self.device, ("auto", "cpu", "cuda"))
+        if self.weight_decay < 0:
+            raise ConfigError(f"train weight_decay must be >= 0, got {self.weight_decay!r}")
+        check_range("train warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"train warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        for name in ("max_grad_norm", "eval_every", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                check_positive(f"train {name}", getattr(self, name))
+        if self.classifier_dropout is not None:
+            check_range("train classifier_dropout", self.classifier_dropout, 0.0, 1.0)
+        if self.num_workers < 0:
+            raise ConfigError(f"train num_workers must be >= 0, got {self.num_workers!r}")
 
 
 @dataclass
@@ -86,13 +109,18 @@ class LoggingConfig:
     wandb_mode: str = "disabled"  # disabled | offline | online
     wandb_project: str = "lora_repro"
     progress: bool = True  # tqdm bars (quiet anyway when not a TTY)
+    log_every: int = 10  # optimizer steps between training-loss lines in history.jsonl
 
     def __post_init__(self) -> None:
         check_choice("logging wandb_mode", self.wandb_mode, ("disabled", "offline", "online"))
+        check_positive("logging log_every", self.log_every)
 
 
 @dataclass
 class RunConfig:
+    """Everything one training run depends on. Its identity (record.config_hash) is this minus the
+    keys that only say where things are or how they are shown (record.NON_IDENTITY)."""
+
     model: ModelConfig
     task: TaskConfig
     method: MethodConfig
@@ -101,29 +129,47 @@ class RunConfig:
     experiment: str = "default"
     seed: int = 0
     runs_dir: str = "runs"
+    cluster: dict[str, Any] = field(default_factory=dict)  # launcher settings; not part of identity
+
+    def __post_init__(self) -> None:
+        if not self.experiment or "/" in self.experiment:
+            raise ConfigError(f"experiment name {self.experiment!r} must be non-empty, without '/'")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> RunConfig:
-        """Typed config from the composed plain dict; unknown keys are one-line errors."""
+        """Typed config from the composed plain dict; unknown or missing keys are one-line errors."""
 
         def build(kind: type, values: dict[str, Any] | None, what: str) -> Any:
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"{what} must be a mapping, got {values!r}")
             values = dict(values or {})
             known = {f.name for f in fields(kind)}
             extra = sorted(set(values) - known)
             if extra:
                 raise ConfigError(f"unknown key(s) {extra} in {what}; valid: {sorted(known)}")
-            return kind(**values)
+            try:
+                return kind(**values)
+            except TypeError as exc:  # a required field is missing
+                raise ConfigError(f"{what}: {exc}") from None
 
-        top = {k: v for k, v in cfg.items() if k not in ("model", "task", "method", "train")}
-        top.pop("logging", None)
-        known_top = {f.name for f in fields(cls)}
+        for group in ("model", "task", "method"):
+            if not cfg.get(group):
+                raise ConfigError(f"no {group} selected; choose one with {group}=<name>")
+        groups = ("model", "task", "method", "train", "logging")
+        top = {k: v for k, v in cfg.items() if k not in groups and k not in OTHER_COMMAND_KEYS}
+        known_top = {f.name for f in fields(cls)} - set(groups)
+        extra = sorted(set(top) - known_top)
+        if extra:
+            raise ConfigError(f"unknown top-level key(s) {extra}; valid: {sorted(known_top)}")
         return cls(
             model=build(ModelConfig, cfg["model"], "model"),
             task=build(TaskConfig, cfg["task"], "task"),
             method=method_config(cfg["method"]),
             train=build(TrainConfig, cfg.get("train"), "train"),
             logging=build(LoggingConfig, cfg.get("logging"), "logging"),
-            **{k: v for k, v in top.items() if k in known_top},
+            **top,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -169,13 +169,19 @@ def _auto_class(head: str):
 
 
 def load_model(
-    cfg: ModelConfig, head: str = "classification", num_labels: int = 2, device: str = "cpu"
+    cfg: ModelConfig,
+    head: str = "classification",
+    num_labels: int = 2,
+    device: str = "cpu",
+    config_overrides: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build the model. `device="meta"` allocates nothing (for counting parameters of full-size
     architectures); `cfg.init="random"` uses the `arch` numbers; otherwise weights are loaded from the
-    hub, a local directory or an installed package, the same code path users run on a cluster."""
+    hub, a local directory or an installed package, the same code path users run on a cluster.
+    `config_overrides` set transformers config values (e.g. the classifier dropout of Table 10)."""
     auto = _auto_class(head)
     extra = {"num_labels": num_labels} if head == "classification" else {}
+    extra.update(config_overrides or {})
     if device == "meta" or cfg.init == "random":
         config = hf_config(cfg, **extra)
         with torch.device(device):

@@ -25,3 +25,14 @@ class TaskData:
     evals: dict[str, Sequence[dict[str, Any]]]  # split name -> examples (MNLI has two)
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     metrics: Callable[[Any, Any], dict[str, float]] | None = None
+
+
+# task.kind -> module with `build(cfg, tokenizer) -> TaskData`, imported on first use.
+BUILDERS: dict[str, str] = {"glue": "lora_repro.data.glue", "nlg": "lora_repro.data.nlg"}
+
+
+def build_task(cfg: Any, tokenizer: Any) -> TaskData:
+    """Dispatch on `cfg.kind` (a TaskConfig) to the task family's `build`."""
+    import importlib
+
+    return importlib.import_module(BUILDERS[cfg.kind]).build(cfg, tokenizer)
