@@ -92,6 +92,13 @@ def summary(planned: Sequence[Planned], before: dict[str, str]) -> str:
     return f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
+def plan_summary(planned: Sequence[Planned]) -> str:
+    counts = Counter(
+        {"done": "done", "todo": "to run", "waiting": "waiting"}[p.state] for p in planned
+    )
+    return f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
 def plan_lines(planned: Sequence[Planned]) -> str:
     """The runs to do, one shell-quoted override line each (slurm/array.sbatch reads these)."""
     return "".join(" ".join(map(shlex.quote, p.overrides)) + "\n" for p in planned)

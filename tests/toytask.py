@@ -47,7 +47,9 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out[key] = torch.tensor([ex[key] + [fill] * (width - len(ex[key])) for ex in batch])
     first = batch[0]["labels"]
     if isinstance(first, list):
-        out["labels"] = torch.tensor([ex["labels"] + [-100] * (width - len(ex["labels"])) for ex in batch])
+        out["labels"] = torch.tensor(
+            [ex["labels"] + [-100] * (width - len(ex["labels"])) for ex in batch]
+        )
     else:
         dtype = torch.float32 if isinstance(first, float) else torch.long
         out["labels"] = torch.tensor([ex["labels"] for ex in batch], dtype=dtype)
@@ -67,7 +69,9 @@ def build(cfg: Any, tokenizer: Any) -> TaskData:
     head = {"toy": "classification", "toy_reg": "regression", "toy_lm": "lm"}[cfg.name]
     train = _examples(cfg.train_limit or SIZES["train"], 0, head)
     dev = _examples(cfg.eval_limit or SIZES["dev"], 1, head)
-    primary = {"classification": "dev/accuracy", "regression": "dev/neg_mse", "lm": "dev/loss"}[head]
+    primary = {"classification": "dev/accuracy", "regression": "dev/neg_mse", "lm": "dev/loss"}[
+        head
+    ]
     return TaskData(
         name=cfg.name,
         version="toy-1",
