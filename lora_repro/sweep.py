@@ -9,7 +9,7 @@ skips itself when it finds a success record (the trainer's own check), so a race
 
 MNLI init (§5.2, Table 9: MRPC, RTE and STS-B start from the MNLI LoRA checkpoint): the sweeper's
 `init_from: {mrpc: mnli, ...}` gives such a run `train.init_from=<its MNLI sibling's folder>/adapter.
-safetensors` (same overrides, task=mnli). A run whose sibling has not succeeded yet waits; when the
+safetensors`, the sibling being the same overrides with the task swapped (`sibling`). A run whose sibling has not succeeded yet waits; when the
 sibling is in the same sweep, the sweeper launches it in a later stage, after the first stage returns.
 """
 
@@ -42,9 +42,19 @@ class Planned:
     needs: str | None = None  # the run id of the source a waiting run needs
 
 
-def _with_task(overrides: Sequence[str], task: str) -> list[str]:
-    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+") != "task"]
-    return [*rest, f"task={task}"]
+def sibling(overrides: Sequence[str], task: str, src: str) -> list[str]:
+    """The same run on task `src`: `task=<task>` becomes `task=<src>` and a per-task settings option
+    `train=<model>/<task>` becomes `train=<model>/<src>` (conf/train/ options select model and task).
+    With neither among the overrides, `task=<src>` is added."""
+    out, swapped = [], False
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "task":
+            o, swapped = f"{key}={src}", True
+        elif key.lstrip("+") == "train" and value.endswith(f"/{task}"):
+            o, swapped = f"{key}={value.removesuffix(task)}{src}", True
+        out.append(o)
+    return out if swapped else [*out, f"task={src}"]
 
 
 def plan(
@@ -62,7 +72,7 @@ def plan(
         needs = None
         src_task = init_from.get(cfg.task.name)
         if src_task and cfg.train.init_from is None:
-            src = load(_with_task(ov, src_task))
+            src = load(sibling(ov, cfg.task.name, src_task))
             src_dir = record.run_dir(src)
             adapter = str(src_dir / ADAPTER)
             ov.append(f"++train.init_from='{adapter}'")

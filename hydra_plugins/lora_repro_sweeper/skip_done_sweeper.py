@@ -8,12 +8,12 @@ from another run's adapter (MNLI init). The logic lives in lora_repro.sweep; thi
     lora-repro train -m experiment=table2_glue hydra.sweeper.plan_file=todo.txt  # for slurm/array.sbatch
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra executes plugin modules without registering them
+# in sys.modules, and dataclasses cannot resolve string annotations then.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf structured-config types)
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -26,11 +26,11 @@ log = logging.getLogger("lora_repro.sweep")
 @dataclass
 class SkipDoneSweeperConf:
     _target_: str = "hydra_plugins.lora_repro_sweeper.skip_done_sweeper.SkipDoneSweeper"
-    max_batch_size: int | None = None  # runs per launch (None: a stage at once)
-    params: dict[str, str] | None = None  # the grid, as for Hydra's basic sweeper
-    init_from: dict[str, str] = field(default_factory=dict)  # task -> task whose adapter it starts from
+    max_batch_size: Optional[int] = None  # noqa: UP045 (runs per launch; None: a stage at once)
+    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045 (the grid, as Hydra's basic sweeper)
+    init_from: Dict[str, str] = field(default_factory=dict)  # noqa: UP006 (task -> source task)
     dry_run: bool = False  # print the plan, launch nothing
-    plan_file: str | None = None  # write the runs to do, one override line each; launch nothing
+    plan_file: Optional[str] = None  # noqa: UP045 (write the runs to do, one override line each)
 
 
 ConfigStore.instance().store(
@@ -38,25 +38,21 @@ ConfigStore.instance().store(
 )
 
 
-class SweepIncomplete(RuntimeError):
-    """Some runs of the sweep did not end with a success record."""
-
-
 class SkipDoneSweeper(BasicSweeper):
     def __init__(
         self,
-        max_batch_size: int | None = None,
-        params: dict[str, str] | None = None,
-        init_from: dict[str, str] | None = None,
+        max_batch_size: Optional[int] = None,  # noqa: UP045
+        params: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
+        init_from: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
         dry_run: bool = False,
-        plan_file: str | None = None,
+        plan_file: Optional[str] = None,  # noqa: UP045
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.init_from = dict(init_from or {})
         self.dry_run = dry_run
         self.plan_file = plan_file
 
-    def _load(self, overrides: list[str]) -> Any:
+    def _load(self, overrides: List[str]) -> Any:  # noqa: UP006
         """One job's RunConfig, composed exactly as the launcher will compose it."""
         from lora_repro.config import RunConfig
 
@@ -66,7 +62,7 @@ class SkipDoneSweeper(BasicSweeper):
             del cfg["hydra"]
         return RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
 
-    def sweep(self, arguments: list[str]) -> Any:
+    def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
 
         assert self.hydra_context is not None and self.launcher is not None
@@ -93,7 +89,9 @@ class SkipDoneSweeper(BasicSweeper):
             size = self.max_batch_size or len(todo)
             for i in range(0, len(todo), size):
                 batch = todo[i : i + size]
-                returns.append(self.launcher.launch([p.overrides for p in batch], initial_job_idx=idx))
+                returns.append(
+                    self.launcher.launch([p.overrides for p in batch], initial_job_idx=idx)
+                )
                 idx += len(batch)
             launched |= {p.run_id for p in todo}
             planned = sweep.plan(jobs, self._load, self.init_from)
@@ -105,6 +103,7 @@ class SkipDoneSweeper(BasicSweeper):
         bad = [p for p in planned if before[p.run_id] != "done" and sweep.outcome(p) != "success"]
         for p in bad:
             log.error("  %s: %s", p.run_id, p.state if p.state == "waiting" else sweep.outcome(p))
-        if bad:
-            raise SweepIncomplete(f"{len(bad)} run(s) did not succeed ({done}); relaunch to retry")
+        if bad:  # a non-zero exit (the CLI returns SystemExit's code); relaunching retries these
+            log.error("%d run(s) did not succeed; the same command relaunches only those", len(bad))
+            raise SystemExit(1)
         return returns
