@@ -270,7 +270,9 @@ def save_adapter(model: Any, cfg: RunConfig, folder: Path, num_labels: int) -> i
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
     }
     tmp = folder / ".adapter.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt", "method": cfg.method.name})
+    # One metadata key only: safetensors writes metadata in hash-map order, and identical weights should
+    # give identical bytes (the method and base model are in adapter.json).
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, folder / "adapter.safetensors")
     meta = {
         "method": asdict(cfg.method),

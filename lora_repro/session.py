@@ -320,6 +320,7 @@ class Session:
                 if out.get("train_time")
                 else None,
                 "wall_time_s": wall,
+                "cpu_time_s": time.process_time(),  # this process; wall time on a shared machine lies
                 "adapter_bytes": adapter_bytes,
             },
             "environment": record.environment(

@@ -215,7 +215,7 @@ def fit(s: Session) -> dict[str, Any]:
         # A fresh order each epoch from (seed, epoch): resuming mid-epoch regenerates it exactly.
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + pos["epoch"])
         order = torch.randperm(len(data.train), generator=gen).tolist()
-        while pos["batch"] < per_epoch and pos["step"] < total:
+        while pos["step"] < total:
             batch_idx = order[pos["batch"] * t.batch_size : (pos["batch"] + 1) * t.batch_size]
             tic = time.perf_counter()
             denom = (
@@ -271,6 +271,8 @@ def fit(s: Session) -> dict[str, Any]:
                 evaluate_and_track()  # a run that ends mid-epoch is still scored at its end
             if (t.checkpoint_every and pos["step"] % t.checkpoint_every == 0) or end_of_epoch:
                 save_checkpoint()
+            if end_of_epoch:
+                break  # a new order for the next epoch
     bar.close()
     keep = ("best", "last", "train_time", "tokens")
     return {"steps": total, "per_epoch": per_epoch, **{k: pos[k] for k in keep}}
@@ -284,7 +286,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if s.finished is not None:
         log.info("skip: %s already finished with this config (hash %s)", s.folder, s.chash)
         s.close()
-        return s.finished
+        return {**s.finished, "skipped": True}
     failure: BaseException | None = None
     outcome = None
     try:

@@ -69,9 +69,8 @@ def build(cfg: Any, tokenizer: Any) -> TaskData:
     head = {"toy": "classification", "toy_reg": "regression", "toy_lm": "lm"}[cfg.name]
     train = _examples(cfg.train_limit or SIZES["train"], 0, head)
     dev = _examples(cfg.eval_limit or SIZES["dev"], 1, head)
-    primary = {"classification": "dev/accuracy", "regression": "dev/neg_mse", "lm": "dev/loss"}[
-        head
-    ]
+    primary = {"classification": "dev/accuracy", "regression": "dev/neg_mse", "lm": "dev/loss"}
+    primary = primary[head]
     return TaskData(
         name=cfg.name,
         version="toy-1",
@@ -87,3 +86,26 @@ def build(cfg: Any, tokenizer: Any) -> TaskData:
 
 def install() -> None:
     BUILDERS["glue"] = __name__
+
+
+def config(runs_dir: Any, *overrides: str, task: str = "toy") -> Any:
+    """A RunConfig composed from conf/ like the CLI does: the smoke preset on the toy task."""
+    from omegaconf import OmegaConf
+
+    from lora_repro.cli import compose
+    from lora_repro.config import RunConfig
+
+    base = [
+        "experiment=smoke",
+        f"task.name={task}",
+        f"runs_dir={runs_dir}",
+        "train.eval_every=null",
+    ]
+    base += ["task.train_limit=null", "task.eval_limit=null", "logging.log_every=1"]
+    return RunConfig.from_dict(OmegaConf.to_container(compose([*base, *overrides]), resolve=True))
+
+
+SUBPROCESS = (
+    "import sys; sys.path.insert(0, {tests!r}); import toytask; toytask.install(); "
+    "from lora_repro.cli import main; sys.exit(main(sys.argv[1:]))"
+)

@@ -1,0 +1,258 @@
+"""The training loop: losses against independent computations, optimizer groups, schedule, and short
+in-process runs on the synthetic toy task (tests/toytask.py) with tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import toytask
+import yaml
+from safetensors.torch import load_file
+
+from lora_repro import record, train
+from lora_repro.errors import ConfigError
+from lora_repro.models import ModelConfig, load_model
+
+
+@pytest.fixture(autouse=True)
+def _toy(monkeypatch):
+    monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "glue", "toytask")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and deterministic
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- losses -----------------------------------------------------------------------------------------
+
+
+def test_lm_loss_is_shifted_completion_only_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 6, -100, -100]])
+    # Independent: loop over positions; position t predicts labels[t + 1] when that label is set.
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            y = labels[b, t + 1].item()
+            if y != -100:
+                terms.append(-torch.log_softmax(logits[b, t], -1)[y])
+    expected = torch.stack(terms).mean()
+    assert torch.allclose(train.lm_loss(logits, labels), expected, atol=1e-6)
+    assert torch.allclose(
+        train.lm_loss(logits, labels, reduction="sum"), torch.stack(terms).sum(), atol=1e-5
+    )
+
+
+def test_lm_loss_label_smoothing_matches_the_released_formula():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 4, 6)
+    labels = torch.tensor([[-100, 1, 2, 3]])
+    eps = 0.1
+    logp = torch.log_softmax(logits[0, :3], -1)
+    y = labels[0, 1:]
+    nll = -logp[torch.arange(3), y]
+    smooth = -logp.mean(-1)  # (1 - ε)·nll + ε·mean over the vocabulary (Table 11's ε = 0.1)
+    expected = ((1 - eps) * nll + eps * smooth).mean()
+    assert torch.allclose(train.lm_loss(logits, labels, eps), expected, atol=1e-6)
+
+
+def test_lm_loss_with_nothing_to_predict_is_zero_not_nan():
+    loss = train.lm_loss(torch.randn(1, 3, 5), torch.full((1, 3), -100))
+    assert loss.item() == 0.0
+
+
+def test_classification_and_regression_loss_sums():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    expected = -(torch.log_softmax(logits, -1)[torch.arange(2), labels]).sum()
+    assert torch.allclose(train.loss_sum(logits, labels, "classification", 0.0), expected)
+    reg = train.loss_sum(
+        torch.tensor([[1.0], [3.0]]), torch.tensor([0.5, 2.0]), "classification", 0
+    )
+    assert reg.item() == pytest.approx(0.25 + 1.0)
+
+
+# --- optimizer and schedule -------------------------------------------------------------------------
+
+
+def test_weight_decay_skips_biases_and_layernorm_and_frozen_params():
+    from lora_repro.methods import method_config, prepare
+
+    cfg = ModelConfig(**yaml.safe_load(Path("conf/model/tiny-roberta.yaml").read_text()))
+    model = load_model(cfg)
+    prepare(model, method_config({"name": "full"}), "roberta")
+    model.roberta.embeddings.word_embeddings.weight.requires_grad_(False)
+    decay, no_decay = train.param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "roberta.encoder.layer.0.attention.self.query.weight" in decayed
+    assert "roberta.encoder.layer.0.attention.output.LayerNorm.weight" in skipped
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in skipped)
+    assert not any(n.endswith("bias") or "LayerNorm" in n for n in decayed)
+    assert "roberta.embeddings.word_embeddings.weight" not in decayed | skipped
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    f = train.linear_schedule(warmup=4, total=12)
+    assert [f(s) for s in (0, 2, 4, 8, 12, 20)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    assert train.linear_schedule(0, 10)(0) == 1.0
+
+
+def test_better_direction():
+    assert train.better("dev/accuracy", 0.6, 0.5) and not train.better("dev/accuracy", 0.5, 0.6)
+    assert train.better("dev/loss", 0.5, 0.6) and not train.better("dev/loss", 0.6, 0.5)
+    assert train.better("dev/accuracy", 0.1, None) and train.better("dev/accuracy", 0.1, math.nan)
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def test_run_learns_the_toy_task_and_records_the_best_epoch(tmp_path):
+    cfg = toytask.config(
+        tmp_path, "method=full", "train.lr=2e-3", "train.max_steps=null", "train.epochs=6"
+    )
+    rec = train.run(cfg)
+    assert rec["status"] == "success"
+    folder = tmp_path / "smoke/tiny-roberta/toy/full/lr0.002_bs8_ep6_len64/s0"
+    assert json.loads((folder / "result.json").read_text()) == json.loads(json.dumps(rec))
+    rows = [json.loads(x) for x in (folder / "history.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["event"] == "eval"]
+    losses = [r["loss"] for r in rows if r["event"] == "train"]
+    assert len(evals) == 6 and [r["step"] for r in evals] == [12, 24, 36, 48, 60, 72]
+    best = max(evals, key=lambda r: r["dev/accuracy"])
+    assert rec["metrics"]["primary"] == best["dev/accuracy"] > 0.8  # it learned "contains 7"
+    assert rec["metrics"]["best_step"] == best["step"]
+    assert rec["metrics"]["final"] == {"dev/accuracy": evals[-1]["dev/accuracy"]}
+    assert sum(losses[-12:]) < 0.75 * sum(losses[:12])
+    # adapter.safetensors holds the best evaluation's weights: re-scoring them gives the best metric
+    assert not (folder / "checkpoint").exists()  # removed after success (keep_checkpoint=false)
+    cost = rec["cost"]
+    assert cost["trainable_params"] == cost["total_params"] > 1_000_000
+    assert cost["adapter_bytes"] == (folder / "adapter.safetensors").stat().st_size
+    assert rec["task"] == {
+        "name": "toy",
+        "version": "toy-1",
+        "train_size": 96,
+        "eval_sizes": {"dev": 40},
+    }
+    for key in ("python", "torch", "transformers", "device", "dtype", "git_sha", "slurm_job_id"):
+        assert key in rec["environment"]
+
+
+def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, monkeypatch):
+    seen, built, original = [], {}, toytask.build
+
+    def build(cfg, tokenizer):
+        data = original(cfg, tokenizer)
+        built["train"] = {id(ex): i for i, ex in enumerate(data.train)}
+
+        def collate(batch):
+            seen.extend(id(ex) for ex in batch)
+            return toytask.collate(batch)
+
+        data.collate = collate
+        return data
+
+    monkeypatch.setattr(toytask, "build", build)
+    monkeypatch.setattr(toytask, "SIZES", {"train": 100, "dev": 8})  # 100 // 8: 12 steps, 4 dropped
+    train.run(toytask.config(tmp_path, "train.max_steps=null", "train.epochs=2"))
+    order = [built["train"][i] for i in seen if i in built["train"]]
+    first, second = order[:96], order[96:]
+    assert len(order) == 192 and len(set(first)) == 96 and len(set(second)) == 96
+    assert first != second and set(first) != set(second)  # reshuffled, a different 4 dropped
+
+
+def test_adapter_file_holds_the_best_weights(tmp_path):
+    """Re-evaluating the saved adapter reproduces the best epoch's metric, not the last one's."""
+    cfg = toytask.config(tmp_path, "train.lr=5e-3", "train.max_steps=null", "train.epochs=3")
+    rec = train.run(cfg)
+    folder = tmp_path / rec["run"]["id"]
+    tensors = load_file(str(folder / "adapter.safetensors"))
+    assert tensors and all(".lora." in n or n.startswith("classifier.") for n in tensors)
+    meta = json.loads((folder / "adapter.json").read_text())
+    assert meta["method"]["name"] == "lora" and meta["base_model"]["name"] == "tiny-roberta"
+
+    from lora_repro.session import Session
+
+    s = Session(toytask.config(tmp_path / "again", "train.lr=5e-3", "train.max_steps=null"))
+    s.build()
+    record.load_adapter(s.model, folder / "adapter.safetensors", s.head_names)
+    again = train.evaluate(s.model, s.data, s)
+    s.close()
+    assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    common = ("+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0")
+    a = train.run(toytask.config(tmp_path / "a", *common, "train.max_steps=6"))
+    b = train.run(
+        toytask.config(tmp_path / "b", *common, "train.max_steps=6", "train.grad_accum=4")
+    )
+    wa = load_file(str(tmp_path / "a" / a["run"]["id"] / "adapter.safetensors"))
+    wb = load_file(str(tmp_path / "b" / b["run"]["id"] / "adapter.safetensors"))
+    assert a["run"]["id"] == b["run"]["id"]  # accumulation is a memory knob, not an identity key
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-5), name
+
+
+def test_regression_head_uses_mse(tmp_path):
+    rec = train.run(toytask.config(tmp_path, "train.max_steps=4", task="toy_reg"))
+    assert rec["status"] == "success" and rec["metrics"]["primary_metric"] == "dev/neg_mse"
+    assert rec["metrics"]["primary"] < 0
+
+
+def test_lm_head_on_tiny_gpt2_trains_on_completions(tmp_path):
+    cfg = toytask.config(
+        tmp_path, "model=tiny-gpt2", "method.dropout=0.1", "+task.label_smoothing=0.1",
+        "train.lr=1e-2", "train.max_steps=null", "train.epochs=2", task="toy_lm",
+    )  # fmt: skip
+    rec = train.run(cfg)
+    evals = record.History(tmp_path / rec["run"]["id"] / "history.jsonl").rows()
+    losses = [r["dev/loss"] for r in evals if r["event"] == "eval"]
+    assert rec["metrics"]["primary_metric"] == "dev/loss"
+    assert rec["metrics"]["primary"] == min(losses) < losses[0]  # lower is better for a loss
+    assert rec["cost"]["method_params"] == 2 * 2 * (32 * 8 + 8 * 32)  # q and v slices of c_attn
+
+
+def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
+    first = train.run(toytask.config(tmp_path / "a", "train.max_steps=2", task="toy"))
+    adapter = tmp_path / "a" / first["run"]["id"] / "adapter.safetensors"
+    saved = load_file(str(adapter))
+    from lora_repro.session import Session
+
+    s = Session(toytask.config(tmp_path / "b", f"train.init_from={adapter}", task="toy_reg"))
+    s.build()  # toy_reg has one output: the 2-class head is skipped, LoRA tensors are loaded
+    params = dict(s.model.named_parameters())
+    s.close()
+    lora = [n for n in saved if ".lora." in n]
+    assert lora and all(torch.equal(params[n].detach(), saved[n]) for n in lora)
+    assert params["classifier.out_proj.weight"].shape[0] == 1
+
+    s = Session(toytask.config(tmp_path / "c", f"train.init_from={adapter}", "method.r=4"))
+    with pytest.raises(
+        ConfigError, match=r"has shape \(\d+, \d+\) in .* but \(\d+, \d+\) in this model"
+    ):
+        s.build()
+    s.close()
+    s = Session(toytask.config(tmp_path / "d", f"train.init_from={tmp_path}/nope.safetensors"))
+    with pytest.raises(ConfigError, match=r"nope\.safetensors"):
+        s.build()
+    s.close()
+
+
+def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    rec = train.run(toytask.config(tmp_path, "train.max_steps=2", "logging.wandb_mode=offline"))
+    assert rec["status"] == "success"
+    runs = list((tmp_path / "wb").glob("wandb/offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
