@@ -51,16 +51,20 @@ class SkipDoneSweeper(BasicSweeper):
         self.init_from = dict(init_from or {})
         self.dry_run = dry_run
         self.plan_file = plan_file
+        self._configs: Dict[tuple, Any] = {}  # noqa: UP006 (overrides -> RunConfig; re-planning is free)
 
     def _load(self, overrides: List[str]) -> Any:  # noqa: UP006
         """One job's RunConfig, composed exactly as the launcher will compose it."""
         from lora_repro.config import RunConfig
 
         assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        key = tuple(overrides)
+        if key not in self._configs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            self._configs[key] = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        return self._configs[key]
 
     def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
@@ -69,6 +73,7 @@ class SkipDoneSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = self.split_arguments(overrides, None)[0]
+        log.info("planning %d runs (composing each config)", len(jobs))
         planned = sweep.plan(jobs, self._load, self.init_from)
         before = {p.run_id: p.state for p in planned}
         log.info("sweep plan: %s", sweep.plan_summary(planned))
@@ -77,7 +82,11 @@ class SkipDoneSweeper(BasicSweeper):
             for p in planned:
                 log.info("  %-7s %s%s", p.state, p.run_id, f" (after {p.needs})" if p.needs else "")
             if self.plan_file is not None:
-                Path(self.plan_file).write_text(sweep.plan_lines(todo))
+                path = Path(self.plan_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(sweep.plan_lines(todo))
+                tmp.replace(path)
                 log.info("wrote %d runs to %s", len(todo), self.plan_file)
             return []
 
