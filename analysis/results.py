@@ -1,4 +1,5 @@
-"""Run records (results/<experiment>.jsonl, written by `lora-repro collect`) as one pandas DataFrame.
+"""Run records (results/<experiment>.jsonl, written by `lora-repro collect`) as one pandas DataFrame,
+and runs grouped into cells over seeds (what each table cell summarises).
 
 One row per run: who it is (experiment, model, task, method and hyperparameter tags, seed), how it
 ended (status, error), what it scored (the primary metric and every other metric at the best epoch,
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ COST = (
     "steps",
 )
 STATUS_ORDER = {"success": 0, "oom": 1, "failed": 2}  # which duplicate wins
+Getter = Callable[[pd.Series], Any]
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -151,3 +156,58 @@ def metric(row: pd.Series, name: str) -> float | None:
                 value = row[hits[0]]
                 break
     return None if value is None or pd.isna(value) else float(value)
+
+
+# --- runs over seeds: the cells of the tables --------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)  # one per successful run (seed)
+    failed: int = 0  # runs of this cell whose record says failed or oom
+    paper: float | None = None
+
+    def centre(self, how: str) -> float | None:
+        if not self.values:
+            return None
+        return statistics.median(self.values) if how == "median" else statistics.fmean(self.values)
+
+    def text(self, how: str, digits: int) -> str:
+        c = self.centre(how)
+        out = "–" if c is None else f"{c:.{digits}f}"
+        if len(self.values) > 1:
+            out += f" ±{statistics.stdev(self.values):.{digits}f}"
+        if self.values or self.failed:
+            out += f" [{len(self.values)}" + (f", {self.failed} failed]" if self.failed else "]")
+        if self.paper is not None and not pd.isna(self.paper):
+            out += f" ({float(self.paper):.{digits}f})"
+        return out
+
+
+def value(task: str | None, name: str, scale: float = 1.0) -> Getter:
+    """Getter of a run's metric `name` (see results.metric) times `scale`, for runs of `task` (any
+    task when None). None: the run is not in this column; NaN: it is, without a value (failed)."""
+
+    def get(run: pd.Series) -> Any:
+        if task is not None and run["task"] != task:
+            return None
+        v = metric(run, name) if run["status"] == "success" else None
+        return math.nan if v is None else v * scale
+
+    return get
+
+
+def fill(df: pd.DataFrame, key: Getter, cols: dict[str, Getter]) -> dict[Any, dict[str, Cell]]:
+    """Group runs into cells: key(run) picks the row, each column's getter the run's value there."""
+    out: dict[Any, dict[str, Cell]] = {}
+    for _, run in df.iterrows():
+        row = out.setdefault(key(run), {c: Cell() for c in cols})
+        for col, get in cols.items():
+            v = get(run)
+            if v is None:
+                continue
+            if run["status"] != "success":
+                row[col].failed += 1
+            elif not math.isnan(v):
+                row[col].values.append(v)
+    return out

@@ -12,7 +12,6 @@ to the paper's GPT-3 numbers (separate columns or rows, never paired as if they 
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import sys
@@ -24,7 +23,9 @@ from typing import Any
 import pandas as pd
 
 from analysis import results
+from analysis.results import Cell, Getter, fill, value
 from lora_repro.errors import ConfigError, check_choice
+from lora_repro.sweep import parse_kv
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "experiments" / "paper"
 GLUE = {
@@ -34,30 +35,6 @@ GLUE = {
 PAPER_METHOD = {"full_topk": "full_top2"}  # our method name -> the paper CSVs' (FTTop2, Table 3)
 SETTING = {"table2_houlsby": "houlsby_setup"}  # experiment -> Table 2 `setting` (default: paper)
 ARMS = ["q8", "k8", "v8", "o8", "qk4", "qv4", "qkvo2"]  # Table 5's order
-Getter = Callable[[pd.Series], Any]
-
-
-@dataclass
-class Cell:
-    values: list[float] = field(default_factory=list)  # one per successful run (seed)
-    failed: int = 0  # runs of this cell whose record says failed or oom
-    paper: float | None = None
-
-    def centre(self, how: str) -> float | None:
-        if not self.values:
-            return None
-        return statistics.median(self.values) if how == "median" else statistics.fmean(self.values)
-
-    def text(self, how: str, digits: int) -> str:
-        c = self.centre(how)
-        out = "–" if c is None else f"{c:.{digits}f}"
-        if len(self.values) > 1:
-            out += f" ±{statistics.stdev(self.values):.{digits}f}"
-        if self.values or self.failed:
-            out += f" [{len(self.values)}" + (f", {self.failed} failed]" if self.failed else "]")
-        if self.paper is not None and not pd.isna(self.paper):
-            out += f" ({float(self.paper):.{digits}f})"
-        return out
 
 
 @dataclass
@@ -88,33 +65,11 @@ class Table:
         return "\n".join([*out, "\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
-def value(task: str | None, name: str, scale: float = 1.0) -> Getter:
-    """Getter of a run's metric `name` (see results.metric) times `scale`, for runs of `task` (any
-    task when None). None: the run is not in this column; NaN: it is, without a value (failed)."""
-
-    def get(run: pd.Series) -> Any:
-        if task is not None and run["task"] != task:
-            return None
-        v = results.metric(run, name) if run["status"] == "success" else None
-        return math.nan if v is None else v * scale
-
-    return get
-
-
-def fill(df: pd.DataFrame, key: Getter, cols: dict[str, Getter]) -> dict[Any, dict[str, Cell]]:
-    """Group runs into cells: key(run) picks the row, each column's getter the run's value there."""
-    out: dict[Any, dict[str, Cell]] = {}
-    for _, run in df.iterrows():
-        row = out.setdefault(key(run), {c: Cell() for c in cols})
-        for col, get in cols.items():
-            v = get(run)
-            if v is None:
-                continue
-            if run["status"] != "success":
-                row[col].failed += 1
-            elif not math.isnan(v):
-                row[col].values.append(v)
-    return out
+def headline(task: str | None = None) -> Getter:
+    """The score of a run in the analogue tables: GLUE's primary dev metric ×100 (as Table 2), test
+    BLEU for generation tasks (E2E stands in for WikiSQL)."""
+    glue, nlg = value(task, "primary", 100.0), value(task, "BLEU")
+    return lambda run: glue(run) if run["task"] in GLUE else nlg(run)
 
 
 def params(df: pd.DataFrame, paper: Any = None) -> str:
@@ -145,7 +100,7 @@ def versus_paper(df: pd.DataFrame, paper: pd.DataFrame, cols: dict[str, tuple[Ge
     column, digits). Paper rows of a model we ran but a method we did not show as "paper only"."""
     getters = {k: g for k, (g, _, _) in cols.items()}
     cells = fill(df, lambda r: (r["model"], r["experiment"], r["method"], r["method_tag"]), getters)
-    rows, notes, used = [], [], set()
+    rows, used = [], set()
     order = {m: i for i, m in enumerate(dict.fromkeys(paper["model"]))}  # the paper's row order
     for (model, exp, method, tag), row in sorted(
         cells.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])
@@ -155,41 +110,32 @@ def versus_paper(df: pd.DataFrame, paper: pd.DataFrame, cols: dict[str, tuple[Ge
         n = runs["method_params"].median() if runs["method_params"].notna().any() else None
         p = match(paper, model, method, setting, n, used)
         used.add(None if p is None else p.name)
-        label = tag if setting in (None, "paper") else f"{tag} ({setting})"
-        out = [model, label, params(runs, None if p is None else p["trainable_params_m"])]
-        for label, (_, pcol, digits) in cols.items():
-            row[label].paper = None if p is None else p[pcol]
-            out.append(row[label].text(how, digits))
+        name = tag if setting in (None, "paper") else f"{tag} ({setting})"
+        out = [model, name, params(runs, None if p is None else p["trainable_params_m"])]
+        for col, (_, pcol, digits) in cols.items():
+            row[col].paper = None if p is None else p[pcol]
+            out.append(row[col].text(how, digits))
         if avg:  # the paper's Avg: mean over the tasks, only when every task has a value
             c = [row[k].centre(how) for k in cols]
             mean = "–" if None in c else f"{statistics.fmean(c):.1f}"
             out.append(mean + ("" if p is None else f" ({p['avg']:.1f})"))
         rows.append(out)
-    ran, missing = set(df["model"]), {}
+    missing: dict[str, list[str]] = {}
     for i, p in paper.iterrows():
+        setting = p.get("setting", "paper")
+        what = p["method"] + ("" if setting in ("paper", "prior") else f" ({setting})")
         if i in used:
             continue
-        setting = p.get("setting", "paper")
-        what = f"{p['model']} {p['method']}" + (
-            "" if setting in ("paper", "prior") else f" ({setting})"
-        )
-        if p["model"] not in ran:
-            missing.setdefault(p["model"], []).append(
-                what.split(" ", 1)[1] + f" {p['trainable_params_m']:g}M"
-            )
+        if p["model"] not in set(df["model"]):  # a model we did not run: one note, not empty rows
+            missing.setdefault(p["model"], []).append(f"{what} {p['trainable_params_m']:g}M")
             continue
-        out = [
-            p["model"],
-            what.split(" ", 1)[1] + " (paper only)",
-            params(df.iloc[:0], p["trainable_params_m"]),
-        ]
+        out = [p["model"], f"{what} (paper only)", params(df.iloc[:0], p["trainable_params_m"])]
         out += [Cell(paper=p[pcol]).text(how, d) for _, pcol, d in cols.values()]
         rows.append(out + ([f"– ({p['avg']:.1f})"] if avg else []))
-    notes += [f"not run: {m} ({', '.join(w)})" for m, w in missing.items()]
-    notes.insert(
-        0, "params: the method's trainable parameters |Θ| in millions (head excluded), ours (paper)"
-    )
-    return rows, notes
+    notes = [
+        "params: the method's trainable parameters |Θ| in millions (head excluded), ours (paper)"
+    ]
+    return rows, notes + [f"not run: {m} ({', '.join(w)})" for m, w in missing.items()]
 
 
 def table2(df: pd.DataFrame) -> Table:
@@ -229,7 +175,7 @@ def _arm_label(a: str) -> str:
 def table5(df: pd.DataFrame) -> Table:
     paper = pd.read_csv(PAPER_DIR / "table5_which_matrices.csv")
     combos = sorted({(m, t) for m, t in zip(df["model"], df["task"], strict=True)})
-    cols = {f"{m} {GLUE.get(t, t)}": value(t, "primary", 100.0) for m, t in combos}
+    cols = {f"{m} {GLUE.get(t, t)}": headline(t) for m, t in combos}
     cells = fill(df[df["model"].isin([m for m, _ in combos])], arm, cols) if combos else {}
     keys = ARMS + sorted(set(cells) - set(ARMS))  # the paper's arms in its order, then any others
     rows = []
@@ -238,14 +184,15 @@ def table5(df: pd.DataFrame) -> Table:
         p = paper[paper["weights"] + paper["rank"].astype(str) == a]
         ref = [f"{p.iloc[0][k]:.1f}" if len(p) else "" for k in ("WikiSQL", "MultiNLI")]
         rows.append([_arm_label(a), *(row[c].text("median", 1) for c in cols), *ref])
-    notes = ["Fixed budget of adapted parameters (≈ 2·L·d·r·|W|); primary dev metric ×100, median over "
-             "seeds ±sd [n runs]; last two columns: the paper's GPT-3 175B (validation accuracy)"]  # fmt: skip
+    notes = ["Same budget in every row: r·|W| = 8 rank-units per layer; GLUE: primary dev metric ×100, "
+             "E2E: test BLEU; median over seeds ±sd [n runs]; last two columns: the paper's GPT-3 175B "
+             "(validation accuracy)"]  # fmt: skip
     header = ["weights", *cols, "GPT-3 WikiSQL (paper)", "GPT-3 MultiNLI (paper)"]
     return Table("table5", "Table 5 analogue: which weight matrices", header, rows, notes)
 
 
 def at_rank(r: int) -> Getter:
-    get = value(None, "primary", 100.0)
+    get = headline()
     return lambda run: get(run) if run["r"] == r else None
 
 
@@ -265,8 +212,8 @@ def table6(df: pd.DataFrame) -> Table:
     for _, p in paper.iterrows():
         rows.append(["GPT-3 175B (paper)", p["task"], ", ".join(f"W{c}" for c in p["weights"]),
                      *(f"{p[f'r{r}']:.1f}" if f"r{r}" in p else "" for r in ranks)])  # fmt: skip
-    notes = ["Primary dev metric ×100, median over seeds ±sd [n runs]; α fixed at the first r tried "
-             "(§4.1), so α/r shrinks as r grows, as in the paper"]  # fmt: skip
+    notes = ["GLUE: primary dev metric ×100, E2E: test BLEU; median over seeds ±sd [n runs]; α fixed at "
+             "the first r tried (§4.1), so α/r shrinks as r grows, as in the paper"]  # fmt: skip
     return Table(
         "table6", "Table 6 analogue: rank r", ["model", "task", "weights", *cols], rows, notes
     )
@@ -366,20 +313,6 @@ def write(table: Table, out_dir: str | Path) -> list[Path]:
         os.replace(tmp, path)
         paths.append(path)
     return paths
-
-
-def parse_kv(argv: list[str], allowed: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """Positional words and `key=value` options (only the keys in `allowed`, which holds defaults)."""
-    words, opts = [], dict(allowed)
-    for arg in argv:
-        key, eq, val = arg.partition("=")
-        if not eq:
-            words.append(arg)
-        elif key in allowed:
-            opts[key] = val
-        else:
-            raise ConfigError(f"unknown option {key!r}; valid: {', '.join(allowed)}")
-    return words, opts
 
 
 def main(argv: list[str]) -> int:

@@ -164,9 +164,9 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def collect_main(argv: list[str]) -> int:
-    """`lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]`."""
-    words, opts = [], {"runs_dir": "runs", "results_dir": "results", "fresh": "false"}
+def parse_kv(argv: list[str], defaults: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Positional words and `key=value` options of `collect` and `tables` (keys of `defaults` only)."""
+    words, opts = [], dict(defaults)
     for arg in argv:
         key, eq, value = arg.partition("=")
         if not eq:
@@ -175,6 +175,12 @@ def collect_main(argv: list[str]) -> int:
             opts[key] = value
         else:
             raise ConfigError(f"unknown option {key!r}; valid: {', '.join(opts)}")
+    return words, opts
+
+
+def collect_main(argv: list[str]) -> int:
+    """`lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]`."""
+    words, opts = parse_kv(argv, {"runs_dir": "runs", "results_dir": "results", "fresh": "false"})
     if len(words) != 1:
         raise ConfigError(
             "usage: lora-repro collect <experiment> [runs_dir=runs] [results_dir=results]"
