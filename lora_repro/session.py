@@ -85,7 +85,7 @@ def seed_everything(seed: int) -> None:
 class Session:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.started = time.time()
+        self.started, self.cpu0 = time.time(), time.process_time()
         self.rank, self.world, self.device = setup_distributed(cfg.train.device)
         self.folder = record.run_dir(cfg)
         self.chash = record.config_hash(cfg)
@@ -108,8 +108,11 @@ class Session:
         # Setup messages are held until the run folder exists, then land at the top of log.txt.
         self.buffer = logging.handlers.MemoryHandler(10_000, flushLevel=logging.CRITICAL + 1)
         self.file_handler: logging.Handler | None = None
+        # log.txt holds INFO lines even when the caller configured nothing (library use, tests).
+        self.root_level = logging.getLogger().level
         if self.rank == 0:
             logging.getLogger().addHandler(self.buffer)
+            logging.getLogger().setLevel(min(self.root_level, logging.INFO))
 
     # --- setup ----------------------------------------------------------------------------------
 
@@ -228,7 +231,9 @@ class Session:
         try:
             generate = importlib.import_module("lora_repro.generate")
         except ModuleNotFoundError:
-            log.warning("lora_repro.generate is not installed: no decoding after training")
+            generate = None
+        if not hasattr(generate, "run"):
+            log.warning("no lora_repro.generate.run: no decoding after training")
             return
         if self.rank == 0:
             record.load_adapter(self.model, self.folder / "adapter.safetensors", self.head_names)
@@ -258,6 +263,7 @@ class Session:
 
     def close(self) -> None:
         root = logging.getLogger()
+        root.setLevel(self.root_level)
         for h in (self.buffer, self.file_handler):
             if h is not None and h in root.handlers:
                 root.removeHandler(h)
@@ -270,14 +276,21 @@ class Session:
         cfg, data, out = self.cfg, self.data, outcome or {}
         best = out.get("best") or {}
         primary = data.primary_metric if data is not None else None
-        metrics = lambda row: {k: v for k, v in (row or {}).items() if "/" in k}  # noqa: E731
-        wall = time.time() - self.started
+        metrics = lambda row: {k: v for k, v in (row or {}).items() if "/" in k}  # noqa: E731 (<split>/<name>)
+        # CPU time of this process next to wall time: a shared machine inflates the latter.
+        wall, cpu = time.time() - self.started, time.process_time() - self.cpu0
         adapter = self.folder / "adapter.safetensors"
         adapter_bytes = adapter.stat().st_size if status == "success" and adapter.exists() else 0
         if self.device.type == "cuda":
             peak, kind = torch.cuda.max_memory_allocated(self.device), "cuda_max_allocated"
         else:  # Linux reports kilobytes
             peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+        started = datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds")
+        task = {"name": cfg.task.name, "version": None}
+        if data is not None:
+            task.update(name=data.name, version=data.version, train_size=len(data.train))
+            task["eval_sizes"] = {k: len(v) for k, v in data.evals.items()}
+        train_time = out.get("train_time")
         return {
             "status": status,
             "error": None if failure is None else f"{type(failure).__name__}: {failure}"[:2000],
@@ -285,22 +298,13 @@ class Session:
                 "id": record.run_id(cfg),
                 "experiment": cfg.experiment,
                 "folder": str(self.folder),
-                "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(
-                    timespec="seconds"
-                ),
+                "started": started,
                 "wall_time_s": wall,
                 "resumed_from_step": self.resumed_from,
             },
             "config": cfg.to_dict(),
             "config_hash": self.chash,
-            "task": None
-            if data is None
-            else {
-                "name": data.name,
-                "version": data.version,
-                "train_size": len(data.train),
-                "eval_sizes": {k: len(v) for k, v in data.evals.items()},
-            },
+            "task": task,
             "metrics": {
                 "primary_metric": primary,
                 "primary": best.get(primary),
@@ -315,12 +319,10 @@ class Session:
                 "peak_memory_bytes": peak,
                 "peak_memory_kind": kind,
                 "steps": out.get("steps"),
-                "train_time_s": out.get("train_time"),
-                "tokens_per_s": out["tokens"] / out["train_time"]
-                if out.get("train_time")
-                else None,
+                "train_time_s": train_time,
+                "tokens_per_s": out["tokens"] / train_time if train_time else None,
                 "wall_time_s": wall,
-                "cpu_time_s": time.process_time(),  # this process; wall time on a shared machine lies
+                "cpu_time_s": cpu,
                 "adapter_bytes": adapter_bytes,
             },
             "environment": record.environment(

@@ -231,11 +231,14 @@ def fit(s: Session) -> dict[str, Any]:
                 )
                 pos["tokens"] += int(batch["attention_mask"].sum()) * s.world
                 sync = k == t.grad_accum - 1 or s.world == 1
-                with contextlib.nullcontext() if sync else model.no_sync(), s.autocast():
-                    logits = model(**s.inputs(batch)).logits
-                    loss = loss_sum(logits, batch["labels"], data.head, cfg.task.label_smoothing)
-                # DDP averages gradients over processes: scale by world so the result is sum / denom.
-                scaler.scale(loss * s.world / max(1, denom)).backward()
+                with contextlib.nullcontext() if sync else model.no_sync():  # DDP: sync once
+                    with s.autocast():
+                        logits = model(**s.inputs(batch)).logits
+                        loss = loss_sum(
+                            logits, batch["labels"], data.head, cfg.task.label_smoothing
+                        )
+                    # DDP averages gradients over processes: times world, the result is sum / denom.
+                    scaler.scale(loss * s.world / max(1, denom)).backward()
                 step_loss += loss.detach()
             if t.max_grad_norm is not None:
                 scaler.unscale_(opt)

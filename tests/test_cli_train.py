@@ -170,3 +170,33 @@ def test_conf_has_no_stray_groups():
     assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} >= {
         "model", "task", "method", "train", "cluster", "experiment",
     }  # fmt: skip
+
+
+def test_a_failing_run_exits_1_with_a_failed_record(tmp_path, capsys, monkeypatch, one_thread):
+    from lora_repro import train
+
+    def broken(s):
+        raise RuntimeError("diverged")
+
+    monkeypatch.setattr(train, "fit", broken)
+    args = ["train", "experiment=smoke", f"task.data_dir={FIXTURES}/SST-2", f"runs_dir={tmp_path}"]
+    assert main(args) == 1
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: run failed: RuntimeError: diverged"
+    )
+    (result,) = tmp_path.glob("smoke/**/result.json")
+    assert json.loads(result.read_text())["status"] == "failed"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_on_gpu(tmp_path, capsys, precision):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    args = ["train", "experiment=smoke", f"task.data_dir={FIXTURES}/SST-2", f"runs_dir={tmp_path}"]
+    assert main([*args, f"train.precision={precision}", "train.device=cuda"]) == 0
+    (result,) = tmp_path.glob("smoke/**/result.json")
+    rec = json.loads(result.read_text())
+    assert rec["environment"]["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert rec["cost"]["peak_memory_kind"] == "cuda_max_allocated"

@@ -189,8 +189,11 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
 
 
-def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, monkeypatch):
+    # SGD: its update is linear in the gradient, so a wrong micro-batch normalisation would show.
+    monkeypatch.setattr(torch.optim, "AdamW", torch.optim.SGD)
     common = ("+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0")
+    common = (*common, "train.lr=0.5")
     a = train.run(toytask.config(tmp_path / "a", *common, "train.max_steps=6"))
     b = train.run(
         toytask.config(tmp_path / "b", *common, "train.max_steps=6", "train.grad_accum=4")
@@ -256,3 +259,32 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
     assert rec["status"] == "success"
     runs = list((tmp_path / "wb").glob("wandb/offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeypatch):
+    """The NLG hook: lora_repro.generate.run(model, tokenizer, task_data, cfg, run_dir) gets the model
+    holding the best evaluation's weights, and its scores land in the record."""
+    import sys
+    import types
+
+    monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "nlg", "toytask")
+    seen = {}
+
+    def run(model, tokenizer, task_data, cfg, run_dir):
+        seen["weights"] = {
+            n: p.detach().clone() for n, p in model.named_parameters() if ".lora." in n
+        }
+        seen["args"] = (task_data.name, cfg.task.kind, run_dir)
+        return {"BLEU": 0.5}
+
+    monkeypatch.setitem(sys.modules, "lora_repro.generate", types.SimpleNamespace(run=run))
+    cfg = toytask.config(
+        tmp_path, "model=tiny-gpt2", "task.kind=nlg", "train.lr=1e-2", "train.max_steps=null",
+        "train.epochs=2", task="toy_lm",
+    )  # fmt: skip
+    rec = train.run(cfg)
+    folder = tmp_path / rec["run"]["id"]
+    assert rec["metrics"]["generation"] == {"BLEU": 0.5}
+    assert seen["args"] == ("toy_lm", "nlg", folder)
+    best = load_file(str(folder / "adapter.safetensors"))
+    assert all(torch.equal(seen["weights"][n], best[n]) for n in seen["weights"])

@@ -1,5 +1,6 @@
 """The CLI under torchrun trains with DDP: 2 CPU processes (gloo) with the same global batch reach the
-same weights and metrics as 1 process, up to float rounding."""
+same weights and metrics as 1 process, up to float rounding (the 2-process run also accumulates over 2
+micro-batches, so DDP's no_sync path is exercised)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ TESTS = str(Path(__file__).parent)
 # No dropout: two processes draw different masks than one. 2 epochs of 12 steps, global batch 8.
 ARGS = [
     "+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0",
-    "train.max_steps=null", "train.epochs=2", "train.lr=3e-3", "train.weight_decay=0.1",
+    "train.max_steps=null", "train.epochs=2", "train.lr=0.5", "train.weight_decay=0.1",
 ]  # fmt: skip
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "glue", "toytask")
+    # SGD instead of AdamW: its update is linear in the gradient, so a mis-scaled loss (the per-process
+    # or per-micro-batch normalisation) shows; Adam would normalise it away.
+    monkeypatch.setattr(torch.optim, "AdamW", torch.optim.SGD)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -33,7 +37,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
     script = tmp_path / "entry.py"
-    script.write_text(toytask.SUBPROCESS.format(tests=TESTS))
+    sgd = "import torch; torch.optim.AdamW = torch.optim.SGD; "
+    script.write_text(sgd + toytask.SUBPROCESS.format(tests=TESTS))
     base = ["experiment=smoke", "task.name=toy", f"runs_dir={tmp_path / 'two'}"]
     base += ["train.eval_every=null", "task.train_limit=null", "task.eval_limit=null"]
     base += ["logging.log_every=1"]
@@ -41,7 +46,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
-        [*cmd, str(script), "train", *base, *ARGS],
+        [*cmd, str(script), "train", *base, *ARGS, "train.grad_accum=2"],  # 2 micro-batches of 2
         env=env,
         capture_output=True,
         text=True,
