@@ -1,0 +1,198 @@
+"""`lora-repro <command> [hydra overrides]`: the only place Hydra's DictConfig appears.
+
+Each command composes the config from conf/, converts it once to typed dataclasses, and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lora_repro.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: list[str], config_name: str = "config") -> Any:
+    """Compose conf/ with Hydra overrides; unknown group options become one-line ConfigErrors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=overrides)
+    except HydraException as exc:
+        check_overrides(overrides)
+        lines = str(exc).splitlines()
+        hint = next((ln for ln in lines[1:] if ln.startswith("To append")), "")
+        raise ConfigError(" ".join([lines[0], hint]).strip()) from None
+
+
+def group_options(group: str) -> list[str]:
+    """Options of a config group, nested ones as `sub/name` (train=roberta-base/mrpc)."""
+    root = CONF_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """One-line errors for unknown group options (`model=nope`), before Hydra's multi-line ones.
+    Sweep lists (`method=lora,bitfit`) are checked value by value."""
+    for ov in overrides:
+        if ov.startswith("-") or "=" not in ov:
+            continue
+        key, _, value = ov.lstrip("+~").partition("=")
+        if not (CONF_DIR / key).is_dir() or "(" in value or "hydra" in key:
+            continue
+        valid = group_options(key)
+        for option in value.split(","):
+            if option not in valid and option != "null":
+                raise ConfigError(f"unknown {key} {option!r}; valid: {', '.join(valid)}")
+
+
+def _summary(rec: dict[str, Any]) -> str:
+    """What a finished run prints: the primary metric at the best epoch, params, memory, time."""
+    m, c = rec["metrics"], rec["cost"]
+    lines = [f"run: {rec['run']['folder']}"]
+    for name, value in (m.get("best") or {}).items():
+        mark = "  (primary)" if name == m["primary_metric"] else ""
+        lines.append(f"  {name} = {value:.4f}{mark}")
+    if m.get("best_epoch") is not None:
+        lines.append(f"  best at epoch {m['best_epoch']:.2f} (step {m['best_step']})")
+    lines.append(
+        f"  trainable params {c['trainable_params']:,} (method {c['method_params']:,}, "
+        f"total {c['total_params']:,})"
+    )
+    lines.append(
+        f"  peak memory {c['peak_memory_bytes'] / 2**20:,.0f} MiB ({c['peak_memory_kind']}), "
+        f"wall {c['wall_time_s']:.0f} s, {c['tokens_per_s'] or 0:,.0f} tokens/s"
+    )
+    return "\n".join(lines)
+
+
+def cmd_train(argv: list[str]) -> int:
+    """Train a config (a sweep with -m) into its run folder and write result.json."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    check_overrides(argv)
+    if all(not a.startswith("-") for a in argv):
+        compose(argv)  # a single run: Hydra's errors (unknown key, bad syntax) as one line
+    codes: list[int] = []
+    main_rank = os.environ.get("RANK", "0") == "0"
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def job(dcfg: Any) -> None:
+        from lora_repro.config import RunConfig
+        from lora_repro.train import RunFailed, run
+
+        try:
+            cfg = RunConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))
+            rec = run(cfg)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            codes.append(2)
+            return
+        except RunFailed as exc:
+            print(f"error: run failed: {exc}", file=sys.stderr)
+            codes.append(1)
+            return
+        if main_rank:
+            if rec.get("skipped"):
+                print(f"skip: {rec['run']['folder']} already finished with this config")
+            print(_summary(rec))
+        codes.append(0)
+
+    saved = sys.argv
+    sys.argv = ["lora-repro train", *argv]
+    try:
+        job()
+    except SystemExit as exc:  # Hydra's --help, --cfg and argument errors exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    return max(codes, default=0)
+
+
+def cmd_count(argv: list[str]) -> int:
+    """Build the model on the meta device, apply the method, print parameter counts as JSON."""
+    from omegaconf import OmegaConf
+
+    from lora_repro.methods import count_params, method_config, prepare
+    from lora_repro.models import ModelConfig, load_model
+
+    cfg = OmegaConf.to_container(compose(argv), resolve=True)
+    model_cfg = ModelConfig(**cfg["model"])
+    method = method_config(cfg["method"])
+    model = load_model(model_cfg, cfg["head"], cfg["num_labels"], device="meta")
+    prepare(model, method, model_cfg.family)
+    out = {"model": model_cfg.name, "method": method.name, **count_params(model, model_cfg.family)}
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_collect(argv: list[str]) -> int:
+    """Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl (sorted, diffable):
+    lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]"""
+    from lora_repro.sweep import collect_main
+
+    return collect_main(argv)
+
+
+def cmd_tables(argv: list[str]) -> int:
+    """Rebuild a paper table from results/ alone, Markdown and LaTeX, cells "ours (paper)":
+    lora-repro tables <table>|all [experiments=a,b] [results_dir=results] [out_dir=results/tables]"""
+    from analysis.tables import main as tables  # a CLI seam: lora_repro never imports analysis
+
+    return tables(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "count": cmd_count,
+    "train": cmd_train,
+    "collect": cmd_collect,
+    "tables": cmd_tables,
+}
+
+USAGE = """usage: lora-repro <command> [key=value ...]
+
+commands:
+  count     parameter counts of model x method on the meta device (no download), as JSON
+  train     train one config (or a sweep with -m) and write its run record
+  collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
+  tables    table2|table3|table5|table6|table18|params|all from results/: Markdown + LaTeX
+
+Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
+Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    if rest and rest[0] in ("-h", "--help") and command != "train":  # train: Hydra's own help
+        from omegaconf import OmegaConf
+
+        print((COMMANDS[command].__doc__ or "").strip() + "\n")
+        print(OmegaConf.to_yaml(compose(rest[1:])))
+        return 0
+    try:
+        return COMMANDS[command](rest)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

