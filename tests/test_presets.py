@@ -99,7 +99,7 @@ def test_table2_runs_carry_the_paper_settings(tmp_path: Path):
 def test_mini_reads_glue_dir(monkeypatch):
     monkeypatch.setenv("GLUE_DIR", "/somewhere/glue")
     cfg = load([*jobs("mini")[4]])
-    assert (cfg.model.name, cfg.model.init, cfg.task.train_limit) == ("minilm", "pretrained", 2000)
+    assert (cfg.model.name, cfg.model.init, cfg.task.train_limit) == ("minilm", "pretrained", 1000)
     assert cfg.task.data_dir == f"/somewhere/glue/{ {'sst2': 'SST-2', 'mrpc': 'MRPC', 'cola': 'CoLA', 'rte': 'RTE', 'stsb': 'STS-B'}[cfg.task.name] }"  # fmt: skip
 
 

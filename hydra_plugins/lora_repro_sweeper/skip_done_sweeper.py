@@ -70,6 +70,7 @@ class SkipDoneSweeper(BasicSweeper):
         from lora_repro import sweep
 
         assert self.hydra_context is not None and self.launcher is not None
+        assert self.config is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = self.split_arguments(overrides, None)[0]
@@ -90,6 +91,10 @@ class SkipDoneSweeper(BasicSweeper):
                 log.info("wrote %d runs to %s", len(todo), self.plan_file)
             return []
 
+        # as Hydra's basic sweeper does: the sweep's config next to its outputs
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, launched, idx = [], set(), 0
         while True:  # stages: a run waiting on another run's adapter goes once that run succeeded
             todo = [p for p in planned if p.state == "todo" and p.run_id not in launched]
