@@ -4,6 +4,7 @@ written by hand with lora_repro.record (no training)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -126,3 +127,28 @@ def test_collect_sorted_merged_and_fresh(tmp_path: Path, capsys):
     assert capsys.readouterr().out.strip().endswith("3 records (3 success)")
     assert main(["collect", "nope", f"runs_dir={tmp_path / 'runs'}"]) == 2
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_sweeper_stages_runs_that_start_from_another_runs_adapter(
+    tmp_path: Path, monkeypatch, caplog
+):
+    """The skip_done sweeper end to end (Hydra's basic launcher, tiny runs): MRPC waits for SST-2 and
+    starts from its adapter (the MNLI-init mechanism with tasks the fixtures have); a relaunch
+    submits nothing."""
+    monkeypatch.setenv("GLUE_DIR", str(Path(__file__).parent / "fixtures" / "glue"))
+    args = ["train", "-m", "experiment=smoke", f"runs_dir={tmp_path}", "task=mrpc,sst2",
+            "train.max_steps=2", "train.eval_every=null", "+hydra.sweeper.init_from.mrpc=sst2"]  # fmt: skip
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    log = caplog.text
+    assert "sweep plan: 2 runs: 1 to run, 1 waiting" in log and "2 runs: 2 success" in log
+    launched = [m.split("task=")[1].split()[0] for m in re.findall(r"#\d+ : .*", log)]
+    assert launched == ["sst2", "mrpc"]  # two stages: the source first
+    sst2, mrpc = (json.loads(next(tmp_path.glob(f"smoke/*/{t}/*/*/s0/result.json")).read_text())
+                  for t in ("sst2", "mrpc"))  # fmt: skip
+    src = Path(sst2["run"]["folder"]) / sweep.ADAPTER
+    assert mrpc["config"]["train"]["init_from"] == str(src) and src.is_file()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "sweep plan: 2 runs: 2 done" in caplog.text and not re.findall(r"#\d+ : ", caplog.text)
