@@ -9,8 +9,9 @@ skips itself when it finds a success record (the trainer's own check), so a race
 
 MNLI init (§5.2, Table 9: MRPC, RTE and STS-B start from the MNLI LoRA checkpoint): the sweeper's
 `init_from: {mrpc: mnli, ...}` gives such a run `train.init_from=<its MNLI sibling's folder>/adapter.
-safetensors`, the sibling being the same overrides with the task swapped (`sibling`). A run whose sibling has not succeeded yet waits; when the
-sibling is in the same sweep, the sweeper launches it in a later stage, after the first stage returns.
+safetensors`, the sibling being the same overrides with the task swapped (`sibling`). A run whose
+sibling has not succeeded yet waits; when the sibling is in the same sweep, the sweeper launches it in
+a later stage, after the first stage returns.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def summary(planned: Sequence[Planned], before: dict[str, str]) -> str:
 
 
 def plan_summary(planned: Sequence[Planned]) -> str:
+    """One line before launching: how many runs are done, to run, waiting."""
     counts = Counter(
         {"done": "done", "todo": "to run", "waiting": "waiting"}[p.state] for p in planned
     )
