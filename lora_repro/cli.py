@@ -23,7 +23,6 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -178,6 +177,22 @@ def cmd_analyze(argv: list[str]) -> int:
     return analyze(argv)
 
 
+def cmd_collect(argv: list[str]) -> int:
+    """Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl (sorted, diffable):
+    lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]"""
+    from lora_repro.sweep import collect_main
+
+    return collect_main(argv)
+
+
+def cmd_tables(argv: list[str]) -> int:
+    """Rebuild a paper table from results/ alone, Markdown and LaTeX, cells "ours (paper)":
+    lora-repro tables <table>|all [experiments=a,b] [results_dir=results] [out_dir=results/tables]"""
+    from analysis.tables import main as tables  # a CLI seam: lora_repro never imports analysis
+
+    return tables(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
     "train": cmd_train,
@@ -185,6 +200,8 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": cmd_generate,
     "score": cmd_score,
     "analyze": cmd_analyze,
+    "collect": cmd_collect,
+    "tables": cmd_tables,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
@@ -196,6 +213,8 @@ commands:
   generate  beam-search decode + score a trained NLG run: generate --run-dir DIR [--split test]
   score     score NLG outputs: score --task e2e --refs REFS --hyps HYPS
   analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
+  collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
+  tables    table2|table3|table5|table6|table18|params|all from results/: Markdown + LaTeX
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""

@@ -1,0 +1,123 @@
+"""Hydra sweeper `skip_done`: Hydra's basic sweeper (same `hydra.sweeper.params`, same grid), except
+that only runs without a success record are handed to the launcher, in stages when some runs start
+from another run's adapter (MNLI init). The logic lives in lora_repro.sweep; this is the Hydra seam
+(Hydra only loads sweepers from the `hydra_plugins` namespace package).
+
+    lora-repro train -m experiment=table2_glue                    # launch what is missing
+    lora-repro train -m experiment=table2_glue hydra.sweeper.dry_run=true   # only print the plan
+    lora-repro train -m experiment=table2_glue hydra.sweeper.plan_file=todo.txt  # for slurm/array.sbatch
+"""
+
+# No `from __future__ import annotations` here: Hydra executes plugin modules without registering them
+# in sys.modules, and dataclasses cannot resolve string annotations then.
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf structured-config types)
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
+
+log = logging.getLogger("lora_repro.sweep")
+
+
+@dataclass
+class SkipDoneSweeperConf:
+    _target_: str = "hydra_plugins.lora_repro_sweeper.skip_done_sweeper.SkipDoneSweeper"
+    max_batch_size: Optional[int] = None  # noqa: UP045 (runs per launch; None: a stage at once)
+    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045 (the grid, as Hydra's basic sweeper)
+    init_from: Dict[str, str] = field(default_factory=dict)  # noqa: UP006 (task -> source task)
+    dry_run: bool = False  # print the plan, launch nothing
+    plan_file: Optional[str] = None  # noqa: UP045 (write the runs to do, one override line each)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="skip_done", node=SkipDoneSweeperConf, provider="lora_repro"
+)
+
+
+class SkipDoneSweeper(BasicSweeper):
+    def __init__(
+        self,
+        max_batch_size: Optional[int] = None,  # noqa: UP045
+        params: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
+        init_from: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
+        dry_run: bool = False,
+        plan_file: Optional[str] = None,  # noqa: UP045
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.init_from = dict(init_from or {})
+        self.dry_run = dry_run
+        self.plan_file = plan_file
+        self._configs: Dict[tuple, Any] = {}  # noqa: UP006 (overrides -> RunConfig; re-planning is free)
+
+    def _load(self, overrides: List[str]) -> Any:  # noqa: UP006
+        """One job's RunConfig, composed exactly as the launcher will compose it."""
+        from lora_repro.config import RunConfig
+
+        assert self.hydra_context is not None and self.config is not None
+        key = tuple(overrides)
+        if key not in self._configs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            self._configs[key] = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        return self._configs[key]
+
+    def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
+        from lora_repro import sweep
+
+        assert self.hydra_context is not None and self.launcher is not None
+        assert self.config is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        jobs = self.split_arguments(overrides, None)[0]
+        log.info("planning %d runs (composing each config)", len(jobs))
+        planned = sweep.plan(jobs, self._load, self.init_from)
+        before = {p.run_id: p.state for p in planned}
+        log.info("sweep plan: %s", sweep.plan_summary(planned))
+        if self.plan_file is not None or self.dry_run:
+            todo = [p for p in planned if p.state == "todo"]
+            for p in planned:
+                log.info("  %-7s %s%s", p.state, p.run_id, f" (after {p.needs})" if p.needs else "")
+            if self.plan_file is not None:
+                path = Path(self.plan_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(sweep.plan_lines(todo))
+                tmp.replace(path)
+                log.info("wrote %d runs to %s", len(todo), self.plan_file)
+            return []
+
+        # as Hydra's basic sweeper does: the sweep's config next to its outputs
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns, launched, idx = [], set(), 0
+        while True:  # stages: a run waiting on another run's adapter goes once that run succeeded
+            todo = [p for p in planned if p.state == "todo" and p.run_id not in launched]
+            if not todo:
+                break
+            size = self.max_batch_size or len(todo)
+            for i in range(0, len(todo), size):
+                batch = todo[i : i + size]
+                returns.append(
+                    self.launcher.launch([p.overrides for p in batch], initial_job_idx=idx)
+                )
+                idx += len(batch)
+            launched |= {p.run_id for p in todo}
+            planned = sweep.plan(jobs, self._load, self.init_from)
+        for r in (r for batch in returns for r in batch):
+            if r.status.name == "FAILED":  # a crash outside the trainer's own failure records
+                log.error("job %s raised: %r", r.overrides, r._return_value)
+        done = sweep.summary(planned, before)
+        log.info("sweep: %s", done)
+        bad = [p for p in planned if before[p.run_id] != "done" and sweep.outcome(p) != "success"]
+        for p in bad:
+            log.error("  %s: %s", p.run_id, p.state if p.state == "waiting" else sweep.outcome(p))
+        if bad:  # a non-zero exit (the CLI returns SystemExit's code); relaunching retries these
+            log.error("%d run(s) did not succeed; the same command relaunches only those", len(bad))
+            raise SystemExit(1)
+        return returns

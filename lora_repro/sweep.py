@@ -1,0 +1,196 @@
+"""Sweeps that fill holes: which runs of a sweep still need launching, in what order, and `collect`.
+
+A run's folder and hash come from its config (lora_repro.record), so a sweep can be re-planned at any
+time from what is on disk: a run with a success record is done and is not submitted again; a failed,
+out-of-memory, killed or never-started run is. The Hydra sweeper `skip_done`
+(hydra_plugins/lora_repro_sweeper) expands `hydra.sweeper.params` like Hydra's basic sweeper, asks
+`plan` which runs remain, and hands only those to the launcher (basic or submitit Slurm). Each job also
+skips itself when it finds a success record (the trainer's own check), so a race cannot double a run.
+
+MNLI init (§5.2, Table 9: MRPC, RTE and STS-B start from the MNLI LoRA checkpoint): the sweeper's
+`init_from: {mrpc: mnli, ...}` gives such a run `train.init_from=<its MNLI sibling's folder>/adapter.
+safetensors`, the sibling being the same overrides with the task swapped (`sibling`). A run whose
+sibling has not succeeded yet waits; when the sibling is in the same sweep, the sweeper launches it in
+a later stage, after the first stage returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lora_repro.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ADAPTER = "adapter.safetensors"
+
+
+@dataclass
+class Planned:
+    """One run of a sweep: its overrides (what a launcher gets), folder, and state on disk."""
+
+    overrides: list[str]
+    run_id: str
+    folder: Path
+    state: str  # done (success record) | todo | waiting (its init_from source has not succeeded)
+    needs: str | None = None  # the run id of the source a waiting run needs
+
+
+def sibling(overrides: Sequence[str], task: str, src: str) -> list[str]:
+    """The same run on task `src`: `task=<task>` becomes `task=<src>` and a per-task settings option
+    `train=<model>/<task>` becomes `train=<model>/<src>` (conf/train/ options select model and task).
+    With neither among the overrides, `task=<src>` is added."""
+    out, swapped = [], False
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+") == "task":
+            o, swapped = f"{key}={src}", True
+        elif key.lstrip("+") == "train" and value.endswith(f"/{task}"):
+            o, swapped = f"{key}={value.removesuffix(task)}{src}", True
+        out.append(o)
+    return out if swapped else [*out, f"task={src}"]
+
+
+def plan(
+    jobs: Sequence[Sequence[str]], load: Callable[[list[str]], Any], init_from: dict[str, str]
+) -> list[Planned]:
+    """State of each job (a list of overrides; `load` composes it into a RunConfig). Runs whose task
+    is a key of `init_from` get `++train.init_from=` their source sibling's adapter. A folder that
+    holds a different config is a ConfigError (record.prior_state): nothing is launched."""
+    from lora_repro import record
+
+    out = []
+    for ov in jobs:
+        ov = list(ov)
+        cfg = load(ov)
+        needs = None
+        src_task = init_from.get(cfg.task.name)
+        if src_task and cfg.train.init_from is None:
+            src = load(sibling(ov, cfg.task.name, src_task))
+            src_dir = record.run_dir(src)
+            adapter = str(src_dir / ADAPTER)
+            ov.append(f"++train.init_from='{adapter}'")
+            cfg = replace(cfg, train=replace(cfg.train, init_from=adapter))
+            if record.prior_state(src_dir, record.config_hash(src)) != "done":
+                needs = record.run_id(src)
+        folder = record.run_dir(cfg)
+        state = record.prior_state(folder, record.config_hash(cfg))
+        state = "done" if state == "done" else ("waiting" if needs else "todo")
+        out.append(Planned(ov, record.run_id(cfg), folder, state, needs))
+    return out
+
+
+def outcome(p: Planned) -> str:
+    """What the run's folder says now: success | failed | oom | no record (killed, never started)."""
+    rec = _read(p.folder / "result.json")
+    return rec.get("status", "no record") if rec else "no record"
+
+
+def summary(planned: Sequence[Planned], before: dict[str, str]) -> str:
+    """One line: how many runs were already done, and how the launched ones ended."""
+    counts = Counter(
+        "done before" if before.get(p.run_id) == "done" else
+        ("waiting" if p.state == "waiting" else outcome(p))
+        for p in planned
+    )  # fmt: skip
+    return f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def plan_summary(planned: Sequence[Planned]) -> str:
+    """One line before launching: how many runs are done, to run, waiting."""
+    counts = Counter(
+        {"done": "done", "todo": "to run", "waiting": "waiting"}[p.state] for p in planned
+    )
+    return f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def plan_lines(planned: Sequence[Planned]) -> str:
+    """The runs to do, one shell-quoted override line each (slurm/array.sbatch reads these)."""
+    return "".join(" ".join(map(shlex.quote, p.overrides)) + "\n" for p in planned)
+
+
+# --- collect -------------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, str]:
+    return (str((rec.get("run") or {}).get("id")), str(rec.get("config_hash")))
+
+
+def collect(experiment: str, runs_dir: str | Path = "runs", results_dir: str | Path = "results",
+            fresh: bool = False) -> tuple[Path, Counter]:  # fmt: skip
+    """Copy every runs/<experiment>/**/result.json into results/<experiment>.jsonl, one record a line
+    (keys sorted, lines sorted by run id): a diffable file tables rebuild from without the cluster.
+    Records already in the file whose runs are not under runs_dir (collected on another machine) are
+    kept unless `fresh`; a run found again replaces its old line."""
+    root = Path(runs_dir) / experiment
+    if not root.is_dir():
+        raise ConfigError(f"no run folders under {str(root)!r} (experiment {experiment!r})")
+    found = {}
+    for path in sorted(root.rglob("result.json")):
+        rec = _read(path)
+        if rec is None:
+            log.warning("skipping unreadable %s", path)
+            continue
+        found[_key(rec)] = rec
+    out = Path(results_dir) / f"{experiment}.jsonl"
+    old = {} if fresh or not out.is_file() else {_key(r): r for r in map(json.loads, _lines(out))}
+    kept = {k: r for k, r in old.items() if k not in found}
+    merged = {**kept, **found}
+    text = "".join(
+        json.dumps(merged[k], sort_keys=True, default=str) + "\n" for k in sorted(merged)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    counts = Counter(r.get("status", "?") for r in merged.values())
+    counts["kept from before"] = len(kept)
+    return out, counts
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def parse_kv(argv: list[str], defaults: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Positional words and `key=value` options of `collect` and `tables` (keys of `defaults` only)."""
+    words, opts = [], dict(defaults)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq:
+            words.append(arg)
+        elif key in opts:
+            opts[key] = value
+        else:
+            raise ConfigError(f"unknown option {key!r}; valid: {', '.join(opts)}")
+    return words, opts
+
+
+def collect_main(argv: list[str]) -> int:
+    """`lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]`."""
+    words, opts = parse_kv(argv, {"runs_dir": "runs", "results_dir": "results", "fresh": "false"})
+    if len(words) != 1:
+        raise ConfigError(
+            "usage: lora-repro collect <experiment> [runs_dir=runs] [results_dir=results]"
+        )
+    fresh = opts["fresh"].lower() in ("1", "true", "yes")
+    out, counts = collect(words[0], opts["runs_dir"], opts["results_dir"], fresh)
+    kept = counts.pop("kept from before")
+    status = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    print(f"{out}: {sum(counts.values())} records ({status or 'none'})"
+          + (f"; {kept} kept from an earlier collect" if kept else ""))  # fmt: skip
+    return 0

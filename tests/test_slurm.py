@@ -1,0 +1,153 @@
+"""Sweeps on a real Slurm (CI: `bash slurm/local-slurm.sh up`; these skip when `sinfo` fails).
+
+Tiny runs on CPU: experiment=smoke (a random-weight tiny RoBERTa, 32 SST-2 rows from the test fixtures,
+4 steps). One run is made to fail mid-run on purpose: the model gets 20 position embeddings and that
+run keeps sentences up to 64 tokens, so its first long batch indexes past the table and the trainer
+records `failed`; the other three keep sentences short enough and succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parent.parent
+CPU_ONLY = ["cluster=slurm", "cluster.gpus=null", "cluster.cpus=1", "cluster.mem_gb=null",
+            "cluster.time_min=15"]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    # Slurm jobs inherit the submitting environment (sbatch --export=ALL): this checkout, these data.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "GLUE_DIR": str(ROOT / "tests/fixtures/glue")}
+
+
+def lora(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lora_repro.cli", *args], cwd=ROOT, env=env(),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def records(runs: Path) -> dict[str, dict]:
+    """max_length -> record, for the smoke runs under `runs`."""
+    out = {}
+    for path in runs.rglob("result.json"):
+        rec = json.loads(path.read_text())
+        out[rec["config"]["task"]["max_length"]] = rec
+    return out
+
+
+def test_sweep_on_slurm_records_failures_and_relaunches_only_them(tmp_path: Path):
+    sweep = ["train", "-m", "experiment=smoke", *CPU_ONLY, f"runs_dir={tmp_path}",
+             "model.arch.max_position_embeddings=20", "task.max_length=8,12,16,64"]  # fmt: skip
+    first = lora(*sweep)
+    log = first.stdout + first.stderr
+    assert first.returncode == 1, log  # a sweep with a failed run exits non-zero
+    assert "sweep plan: 4 runs: 4 to run" in log and "4 runs: 1 failed, 3 success" in log, log
+    recs = records(tmp_path)
+    assert {k: r["status"] for k, r in recs.items()} == {
+        8: "success",
+        12: "success",
+        16: "success",
+        64: "failed",
+    }
+    assert "out of bounds" in recs[64]["error"]
+    jobs = {k: r["environment"]["slurm_job_id"] for k, r in recs.items()}
+    assert all(jobs.values()), "every run went through Slurm"
+    done = {
+        k: (tmp_path / r["run"]["id"] / "result.json").read_text()
+        for k, r in recs.items()
+        if k != 64
+    }
+
+    again = lora(*sweep)
+    log = again.stdout + again.stderr
+    assert again.returncode == 1, log
+    assert "sweep plan: 4 runs: 3 done, 1 to run" in log, log
+    submitted = re.findall(
+        r"#\d+ : .*", log
+    )  # the submitit launcher logs one line per submitted run
+    assert len(submitted) == 1 and "task.max_length=64" in submitted[0], submitted
+    recs = records(tmp_path)
+    assert recs[64]["status"] == "failed" and recs[64]["environment"]["slurm_job_id"] != jobs[64]
+    assert all(
+        (tmp_path / recs[k]["run"]["id"] / "result.json").read_text() == done[k] for k in done
+    )
+
+    res = lora("collect", "smoke", f"runs_dir={tmp_path}", f"results_dir={tmp_path / 'results'}")
+    assert res.returncode == 0 and "4 records (1 failed, 3 success)" in res.stdout, res.stderr
+
+
+def _wait_gone(job: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while subprocess.run(
+        ["squeue", "-h", "-j", job], capture_output=True, text=True
+    ).stdout.strip():
+        assert time.time() < deadline, f"job {job} still queued after {timeout}s"
+        time.sleep(1)
+
+
+def test_sbatch_array_template_runs_a_plan(tmp_path: Path):
+    plan = tmp_path / "todo.txt"
+    made = lora("train", "-m", "experiment=smoke", "seed=0,1", f"runs_dir={tmp_path}",
+                f"hydra.sweeper.plan_file={plan}")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert len(plan.read_text().splitlines()) == 2
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--array=1-2", "--gpus-per-node=0", "--mem=1G", "--cpus-per-task=1",
+         str(ROOT / "slurm/array.sbatch"), str(plan)],
+        cwd=tmp_path, env={**env(), "LORA_REPRO": f"{sys.executable} -m lora_repro.cli"},
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().split(";")[0]  # fmt: skip
+    _wait_gone(job, 240)
+    recs = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    out = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert sorted((r["config"]["seed"], r["status"]) for r in recs) == [
+        (0, "success"),
+        (1, "success"),
+    ], out
+    assert all(r["environment"]["slurm_job_id"] for r in recs)
+    replan = lora("train", "-m", "experiment=smoke", "seed=0,1", f"runs_dir={tmp_path}",
+                  f"hydra.sweeper.plan_file={plan}")  # fmt: skip
+    assert "2 runs: 2 done" in replan.stderr and plan.read_text() == ""
+
+
+def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path: Path):
+    # 160 steps of batch 4 on the fixture's 32 rows: a checkpoint at every epoch end (8 steps), so one
+    # exists soon after the start, long before the end
+    args = ["train", "-m", "experiment=smoke", *CPU_ONLY, f"runs_dir={tmp_path}", "seed=7",
+            "train.batch_size=4", "train.max_steps=160", "train.eval_every=160"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "lora_repro.cli", *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while not list(tmp_path.glob("smoke/**/checkpoint/step-*")):
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+        job = subprocess.run(["squeue", "-h", "-n", "smoke", "-o", "%i"], capture_output=True,
+                             text=True, check=True).stdout.split()[0]  # fmt: skip
+        # what Slurm sends before a time limit (submitit's --signal=USR2@...): submitit runs the
+        # launcher's checkpoint() hook, which resubmits the same call, and requeues the job
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"],
+                                                capture_output=True, text=True).stdout:  # fmt: skip
+            assert time.time() < deadline, "the job was not requeued"
+            time.sleep(0.5)
+        # Slurm holds a requeued job for ~2 minutes before it may start again; start it now
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    (rec,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
+    assert rec["status"] == "success" and rec["cost"]["steps"] == 160
+    assert rec["run"]["resumed_from_step"] > 0, "the requeued job resumed from its checkpoint"

@@ -1,0 +1,154 @@
+"""Sweep planning (which runs a relaunch submits, MNLI-init staging) and `collect`, on run folders
+written by hand with lora_repro.record (no training)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lora_repro import record, sweep
+from lora_repro.cli import main
+from lora_repro.config import RunConfig
+from lora_repro.errors import ConfigError
+
+
+def loader(runs_dir: Path):
+    """load(overrides) -> RunConfig, standing in for Hydra's composition of `task=`/`seed=`/`train.lr=`."""
+
+    def load(overrides: list[str]) -> RunConfig:
+        kv = dict(o.lstrip("+").split("=", 1) for o in overrides)
+        cfg = {
+            "model": {"name": "tiny-roberta", "family": "roberta", "init": "random", "arch": {"x": 1}},
+            "task": {"name": kv.get("task", "sst2")},
+            "method": {"name": "lora"},
+            "train": {"lr": float(kv.get("train.lr", 5e-4)), "init_from": kv.get("train.init_from", "").strip("'") or None},
+            "experiment": "t",
+            "seed": int(kv.get("seed", 0)),
+            "runs_dir": str(runs_dir),
+        }  # fmt: skip
+        return RunConfig.from_dict(cfg)
+
+    return load
+
+
+def finish(cfg: RunConfig, status: str = "success") -> Path:
+    """Write what a finished run leaves: config.yaml, result.json (and its adapter on success)."""
+    folder, chash = record.run_dir(cfg), record.config_hash(cfg)
+    record.write_config(folder, cfg, chash)
+    rec = {
+        "status": status,
+        "config_hash": chash,
+        "run": {"id": record.run_id(cfg)},
+        "config": cfg.to_dict(),
+    }
+    record.write_result(folder, rec)
+    if status == "success":
+        (folder / sweep.ADAPTER).write_bytes(b"weights")
+    return folder
+
+
+def test_relaunch_plans_only_runs_without_success(tmp_path: Path):
+    load = loader(tmp_path)
+    jobs = [[f"seed={s}"] for s in range(4)]
+    assert [p.state for p in sweep.plan(jobs, load, {})] == ["todo"] * 4
+    finish(load(["seed=0"]))
+    finish(load(["seed=1"]), "failed")
+    finish(load(["seed=2"]), "oom")
+    (record.run_dir(load(["seed=3"])) / "checkpoint").mkdir(parents=True)  # killed mid-run
+    planned = sweep.plan(jobs, load, {})
+    assert [p.state for p in planned] == ["done", "todo", "todo", "todo"]
+    assert [sweep.outcome(p) for p in planned] == ["success", "failed", "oom", "no record"]
+    assert planned[1].run_id == record.run_id(load(["seed=1"]))
+    lines = sweep.plan_lines([p for p in planned if p.state == "todo"]).splitlines()
+    assert [shlex.split(x) for x in lines] == [["seed=1"], ["seed=2"], ["seed=3"]]
+
+
+def test_mnli_init_waits_then_points_at_the_mnli_adapter(tmp_path: Path):
+    load = loader(tmp_path)
+    jobs = [["task=mnli", "seed=0"], ["task=mrpc", "seed=0"], ["task=sst2", "seed=0"]]
+    mnli = load(["task=mnli", "seed=0"])
+    adapter = str(record.run_dir(mnli) / sweep.ADAPTER)
+    first = sweep.plan(jobs, load, {"mrpc": "mnli"})
+    assert [p.state for p in first] == ["todo", "waiting", "todo"]
+    assert first[1].needs == record.run_id(mnli)
+    assert first[1].overrides == ["task=mrpc", "seed=0", f"++train.init_from='{adapter}'"]
+    # the MRPC run's identity includes where it starts from (record puts its hash in the folder name)
+    mrpc = load(first[1].overrides)
+    assert mrpc.train.init_from == adapter and first[1].run_id == record.run_id(mrpc)
+    finish(mnli, "failed")
+    assert (
+        sweep.plan(jobs, load, {"mrpc": "mnli"})[1].state == "waiting"
+    )  # not from a failed MNLI run
+    finish(mnli)
+    second = sweep.plan(jobs, load, {"mrpc": "mnli"})
+    assert [p.state for p in second] == ["done", "todo", "todo"] and second[1].needs is None
+    finish(mrpc)
+    assert sweep.plan(jobs, load, {"mrpc": "mnli"})[1].state == "done"
+
+
+def test_plan_refuses_a_folder_holding_another_config(tmp_path: Path):
+    load = loader(tmp_path)
+    cfg = load(["seed=0"])
+    folder = finish(cfg)
+    rec = json.loads((folder / "result.json").read_text())
+    rec["config_hash"] = "0" * 16
+    (folder / "result.json").write_text(json.dumps(rec))
+    with pytest.raises(ConfigError, match="different config"):
+        sweep.plan([["seed=0"]], load, {})
+
+
+def test_collect_sorted_merged_and_fresh(tmp_path: Path, capsys):
+    load = loader(tmp_path / "runs")
+    for seed, status in [(2, "success"), (0, "failed"), (1, "success")]:
+        finish(load([f"seed={seed}"]), status)
+    res = tmp_path / "results"
+    argv = ["collect", "t", f"runs_dir={tmp_path / 'runs'}", f"results_dir={res}"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"{res / 't.jsonl'}: 3 records (1 failed, 2 success)"
+    lines = (res / "t.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert [r["run"]["id"][-2:] for r in recs] == ["s0", "s1", "s2"]  # sorted by run id
+    assert lines[0] == json.dumps(recs[0], sort_keys=True)  # keys sorted: diffable
+    # a record collected elsewhere stays; a run found again replaces its line
+    other = dict(recs[0], status="success", run={"id": "t/elsewhere/s9"}, config_hash="x")
+    (res / "t.jsonl").write_text("\n".join([*lines, json.dumps(other)]) + "\n")
+    finish(load(["seed=0"]))  # seed 0 rerun: now a success
+    assert main(argv) == 0
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith("4 records (4 success); 1 kept from an earlier collect")
+    )
+    assert main([*argv, "fresh=true"]) == 0
+    assert capsys.readouterr().out.strip().endswith("3 records (3 success)")
+    assert main(["collect", "nope", f"runs_dir={tmp_path / 'runs'}"]) == 2
+    assert "no run folders" in capsys.readouterr().err
+
+
+def test_sweeper_stages_runs_that_start_from_another_runs_adapter(
+    tmp_path: Path, monkeypatch, caplog
+):
+    """The skip_done sweeper end to end (Hydra's basic launcher, tiny runs): MRPC waits for SST-2 and
+    starts from its adapter (the MNLI-init mechanism with tasks the fixtures have); a relaunch
+    submits nothing."""
+    monkeypatch.setenv("GLUE_DIR", str(Path(__file__).parent / "fixtures" / "glue"))
+    args = ["train", "-m", "experiment=smoke", f"runs_dir={tmp_path}", "task=mrpc,sst2",
+            "train.max_steps=2", "train.eval_every=null", "+hydra.sweeper.init_from.mrpc=sst2"]  # fmt: skip
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    log = caplog.text
+    assert "sweep plan: 2 runs: 1 to run, 1 waiting" in log and "2 runs: 2 success" in log
+    launched = [m.split("task=")[1].split()[0] for m in re.findall(r"#\d+ : .*", log)]
+    assert launched == ["sst2", "mrpc"]  # two stages: the source first
+    sst2, mrpc = (json.loads(next(tmp_path.glob(f"smoke/*/{t}/*/*/s0/result.json")).read_text())
+                  for t in ("sst2", "mrpc"))  # fmt: skip
+    src = Path(sst2["run"]["folder"]) / sweep.ADAPTER
+    assert mrpc["config"]["train"]["init_from"] == str(src) and src.is_file()
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert "sweep plan: 2 runs: 2 done" in caplog.text and not re.findall(r"#\d+ : ", caplog.text)
