@@ -23,6 +23,7 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
