@@ -5,6 +5,7 @@ Each command composes the config from conf/, converts it once to typed dataclass
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -54,12 +55,14 @@ def cmd_count(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
+    "bench": importlib.import_module("lora_repro.bench").main,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
 
 commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
+  bench     time, memory, params and checkpoint bytes per method; LoRA latency (--help for flags)
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""
