@@ -47,7 +47,11 @@ def _parse_grid(text: str) -> list[tuple[int, int]]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lora-repro bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="lora-repro bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--models", default="roberta-base", help="comma-separated conf/model names")
     p.add_argument(
         "--set",
@@ -66,20 +70,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="comma-separated; default: frozen, every registered method, peft_lora",
     )
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4, help="training batch size")
+    p.add_argument("--seq-len", type=int, default=64, help="tokens per training sequence")
     p.add_argument("--warmup", type=int, default=1, help="training rounds not timed")
     p.add_argument("--steps", type=int, default=5, help="timed training rounds (median)")
     p.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory process")
-    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--latency-model", default="gpt2-medium", help="'none' skips latency")
     p.add_argument("--grid", default="1x64,4x64", help="small, paper, or BxL[,BxL...]")
-    p.add_argument("--latency-warmup", type=int, default=1)
-    p.add_argument("--latency-steps", type=int, default=5)
+    p.add_argument("--latency-warmup", type=int, default=1, help="forward rounds not timed")
+    p.add_argument("--latency-steps", type=int, default=5, help="timed forward rounds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--out", default="results/bench")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (None: all cores)")
+    p.add_argument("--out", default="results/bench", help="folder for bench.{json,md,png}")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # worker: one JSON job spec
     args = p.parse_args(argv)
     if args.one is None:
@@ -180,6 +184,14 @@ def environment(device: str, threads: int) -> dict[str, Any]:
     return env
 
 
+def _checkpoint(record: dict[str, Any], out: Path) -> None:
+    """Rows so far, so that hours of measurements survive an interrupted run (removed at the end)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "bench.partial.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out / "bench.partial.json")
+
+
 def _head(args: argparse.Namespace, family: str) -> str:
     return args.head if args.head != "auto" else DEFAULT_HEAD.get(family, "classification")
 
@@ -227,6 +239,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row["memory"] = run_worker({**job, "steps": args.memory_steps}, work)
                 del row["methods"]
                 record["train"].append(row)
+                _checkpoint(record, Path(args.out))
         if lat_model:
             job = {**common, "job": "latency", "model": lat_model, "methods": methods}
             job.update(head=_head(args, family[lat_model]), grid=args.grid_cells)
@@ -246,14 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     LoRA merged/unmerged and adapters. Flags (python -m lora_repro.bench --help lists all): --models,
     --methods, --batch, --seq-len, --steps, --grid small|paper|BxL,..., --device, --precision, --out."""
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    quiet = args.one is not None  # a worker's stderr only matters when it fails
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=fmt)
     if args.one is not None:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return _one(json.loads(args.one))
     from lora_repro import bench_report
 
     record = run(args)
     bench_report.finish(record)
     paths = bench_report.write(record, Path(args.out))
+    (Path(args.out) / "bench.partial.json").unlink(missing_ok=True)
     print(bench_report.markdown(record))
     print("\n".join(f"wrote {p}" for p in paths))
     return 0

@@ -87,6 +87,10 @@ def _fmt(x: float | None, spec: str) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _mib(n: int | None, spec: str) -> str:
+    return "–" if n is None else format(n / MIB, spec)
+
+
 def _count(n: int | None) -> str:
     if n is None:
         return "–"
@@ -124,7 +128,7 @@ def markdown(record: dict[str, Any]) -> str:
             "",
             f"## {model} ({r0['head']} head), batch {r0['batch']} x length {r0['seq_len']}",
             "",
-            "| method | trainable | checkpoint | step (ms) | step CPU (ms) | tokens/s | "
+            "| method | trainable | checkpoint (MiB) | step (ms) | step CPU (ms) | tokens/s | "
             "peak mem (MiB) | time / frozen | mem / frozen | time / full |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -136,11 +140,11 @@ def markdown(record: dict[str, Any]) -> str:
             mem = r.get("memory", {})
             lines.append(
                 f"| {r['method']} | {_count(r.get('trainable_params'))} | "
-                f"{_fmt(mem.get('checkpoint_bytes', 0) / MIB, '.2f')} MiB | "
+                f"{_mib(mem.get('checkpoint_bytes'), '.2f')} | "
                 f"{_fmt(1e3 * r['step_time_s'] if r.get('step_time_s') else None, '.0f')} | "
                 f"{_fmt(1e3 * r['step_cpu_time_s'] if r.get('step_cpu_time_s') else None, '.0f')} | "
                 f"{_fmt(r.get('tokens_per_s'), '.0f')} | "
-                f"{_fmt(mem['peak_mem_bytes'] / MIB if 'peak_mem_bytes' in mem else None, '.0f')} | "
+                f"{_mib(mem.get('peak_mem_bytes'), '.0f')} | "
                 f"{_fmt(r.get('time_vs_frozen'), '.3f')} | {_fmt(r.get('mem_vs_frozen'), '.3f')} | "
                 f"{_fmt(r.get('time_vs_full'), '.3f')} |"
             )
