@@ -5,6 +5,7 @@ Each command composes the config from conf/, converts it once to typed dataclass
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -203,6 +204,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "analyze": cmd_analyze,
     "collect": cmd_collect,
     "tables": cmd_tables,
+    "bench": importlib.import_module("lora_repro.bench").main,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
@@ -216,6 +218,7 @@ commands:
   analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
   collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
   tables    table2|table3|table5|table6|table18|params|all from results/: Markdown + LaTeX
+  bench     time, memory, params and checkpoint bytes per method; LoRA latency (--help for flags)
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo
 Config groups and options live in conf/; `lora-repro <command> --help` shows the composed config."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from lora_repro.errors import ConfigError, check_choice, check_positive
 from lora_repro.methods.base import MethodConfig, select_layers
+from lora_repro.methods.lowrank import add_update_
 from lora_repro.models import FAMILIES, blocks
 
 
@@ -79,16 +80,16 @@ class LoRAUpdate(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Add this adapter's update to the base output `y` (which the caller owns)."""
-        xd = self.dropout(x)
-        for key, (start, end) in self.slices.items():
-            # Scale the r-wide intermediate, not the d-wide output: r ≪ d, so it is the cheaper place.
-            delta = (xd @ self.A[key].t() * self.scale[key]) @ self.B[key].t()
-            if end - start == y.shape[-1]:
-                return y + delta
-            # A slice of a fused projection: add in place, so untouched slices (GPT-2's k) get exactly
-            # nothing. Safe for autograd: the base matmul does not keep its output for backward.
-            y[..., start:end] += delta
-        return y
+        keys = list(self.slices)
+        # One op with a hand-written backward: see lowrank.py for what plain autograd ops wasted.
+        return add_update_(
+            y,
+            self.dropout(x),
+            [self.slices[k] for k in keys],
+            [self.scale[k] for k in keys],
+            [self.A[k] for k in keys],
+            [self.B[k] for k in keys],
+        )
 
 
 class LoRALayer(nn.Module):
