@@ -5,7 +5,6 @@ Each command composes the config from conf/, converts it once to typed dataclass
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -195,6 +194,13 @@ def cmd_tables(argv: list[str]) -> int:
     return tables(argv)
 
 
+def cmd_bench(argv: list[str]) -> int:
+    """Parameters, step time, memory, checkpoint bytes and latency per method (lora_repro.bench)."""
+    from lora_repro.bench import main as bench
+
+    return bench(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
     "train": cmd_train,
@@ -204,7 +210,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "analyze": cmd_analyze,
     "collect": cmd_collect,
     "tables": cmd_tables,
-    "bench": importlib.import_module("lora_repro.bench").main,
+    "bench": cmd_bench,
 }
 
 USAGE = """usage: lora-repro <command> [key=value ...]
