@@ -240,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    # `count` shows its composed config; train is Hydra's own help, the others parse their own args
-    if rest and rest[0] in ("-h", "--help") and command == "count":
-        from omegaconf import OmegaConf
+    # key=value commands print their docstring (count also its composed config); train is Hydra's
+    # own help, and the argparse commands (adapter, generate, score, analyze, bench) their own.
+    if rest and rest[0] in ("-h", "--help") and command in ("count", "collect", "tables"):
+        print((COMMANDS[command].__doc__ or "").strip())
+        if command == "count":
+            from omegaconf import OmegaConf
 
-        print((COMMANDS[command].__doc__ or "").strip() + "\n")
-        print(OmegaConf.to_yaml(compose(rest[1:])))
+            print("\n" + OmegaConf.to_yaml(compose(rest[1:])))
         return 0
     try:
         return COMMANDS[command](rest)
