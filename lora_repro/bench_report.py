@@ -188,14 +188,14 @@ def markdown(record: dict[str, Any]) -> str:
 
 
 def _grouped_bars(ax: Any, rows: list[dict], cells: list, key: str, skip_base: bool) -> None:
-    variants = [
-        v for v in dict.fromkeys(r["variant"] for r in rows) if v != "base" or not skip_base
-    ]
+    every = list(dict.fromkeys(r["variant"] for r in rows))
+    variants = [v for v in every if v != "base" or not skip_base]
     get = {(r["variant"], r["batch"], r["seq_len"]): r.get(key) for r in rows}
     width = 0.8 / max(len(variants), 1)
     for j, v in enumerate(variants):
         values = [get.get((v, b, n)) or 0 for b, n in cells]
-        ax.bar([k + j * width for k in range(len(cells))], values, width, label=v)
+        color = f"C{every.index(v) % 10}"  # the same colour for a variant in both panels
+        ax.bar([k + j * width for k in range(len(cells))], values, width, label=v, color=color)
     centers = [k + width * (len(variants) - 1) / 2 for k in range(len(cells))]
     ax.set_xticks(centers, [f"{b}x{n}" for b, n in cells])
 
