@@ -73,7 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4, help="training batch size")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per training sequence")
     p.add_argument("--warmup", type=int, default=1, help="training rounds not timed")
-    p.add_argument("--steps", type=int, default=5, help="timed training rounds (median)")
+    p.add_argument("--steps", type=int, default=3, help="timed training rounds (median)")
     p.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory process")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--latency-model", default="gpt2-medium", help="'none' skips latency")
@@ -167,6 +167,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": device,
         "threads": threads,
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
     }
@@ -209,6 +210,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if any(x in SPECIAL for x in methods):  # both are defined by our LoRA's config
         check_choice("method needed by frozen/peft_lora", "lora", METHODS)
     device, threads = _device(args.device), args.threads or _threads()
+    if device == "cpu" and hasattr(os, "getloadavg") and os.getloadavg()[0] > _threads():
+        # Each op's OpenMP threads wait for one another; on a busy machine that waiting, not the
+        # method, dominates many-small-op methods (LoRA, adapters). Single-thread timings hold up.
+        log.warning(
+            "load average %.1f exceeds %d cores: timings will be distorted by other "
+            "processes (--threads 1 suffers least)",
+            os.getloadavg()[0],
+            _threads(),
+        )
     models = args.models.split(",")
     lat_model = None if args.latency_model == "none" else args.latency_model
     family = {n: model_config(n, args.set).family for n in [*models, *filter(None, [lat_model])]}

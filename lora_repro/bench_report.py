@@ -187,6 +187,19 @@ def markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _grouped_bars(ax: Any, rows: list[dict], cells: list, key: str, skip_base: bool) -> None:
+    every = list(dict.fromkeys(r["variant"] for r in rows))
+    variants = [v for v in every if v != "base" or not skip_base]
+    get = {(r["variant"], r["batch"], r["seq_len"]): r.get(key) for r in rows}
+    width = 0.8 / max(len(variants), 1)
+    for j, v in enumerate(variants):
+        values = [get.get((v, b, n)) or 0 for b, n in cells]
+        color = f"C{every.index(v) % 10}"  # the same colour for a variant in both panels
+        ax.bar([k + j * width for k in range(len(cells))], values, width, label=v, color=color)
+    centers = [k + width * (len(variants) - 1) / 2 for k in range(len(cells))]
+    ax.set_xticks(centers, [f"{b}x{n}" for b, n in cells])
+
+
 def plot(record: dict[str, Any], path: Path) -> None:
     """Step time and peak memory per method (one row per model), latency overhead per variant."""
     import matplotlib
@@ -214,31 +227,20 @@ def plot(record: dict[str, Any], path: Path) -> None:
         axes[i][1].barh(
             [n for n, _ in mem], [v for _, v in mem], color=[colors[names.index(n)] for n, _ in mem]
         )
-        axes[i][1].set_xlabel("peak memory (MiB)")
+        axes[i][1].set_xlabel("peak memory (MiB)" if mem else "peak memory not measured")
         for ax in axes[i]:
             ax.invert_yaxis()
     if record["latency"]:
-        ax = axes[-1][0]
-        lat = [r for r in record["latency"] if r["variant"] != "base"]
-        cells = list(dict.fromkeys(f"{r['batch']}x{r['seq_len']}" for r in lat))
-        variants = list(dict.fromkeys(r["variant"] for r in lat))
-        width = 0.8 / max(len(variants), 1)
-        for j, v in enumerate(variants):
-            vals = {
-                f"{r['batch']}x{r['seq_len']}": r["overhead_pct"] for r in lat if r["variant"] == v
-            }
-            ax.bar(
-                [k + j * width for k in range(len(cells))],
-                [vals.get(c) or 0 for c in cells],
-                width,
-                label=v,
-            )
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_xticks([k + width * (len(variants) - 1) / 2 for k in range(len(cells))], cells)
-        ax.set_ylabel("latency overhead vs base (%)")
-        ax.set_title(f"inference latency, {record['latency'][0]['model']}")
-        ax.legend(fontsize=7)
-        axes[-1][1].axis("off")
+        cells = list(dict.fromkeys((r["batch"], r["seq_len"]) for r in record["latency"]))
+        for ax, key, label, skip_base in (
+            (axes[-1][0], "overhead_pct", "latency overhead vs base (%)", True),
+            (axes[-1][1], "median_ms", "forward latency (ms, median)", False),
+        ):
+            _grouped_bars(ax, record["latency"], cells, key, skip_base)
+            ax.set_ylabel(label)
+        axes[-1][0].axhline(0, color="black", lw=0.5)
+        axes[-1][0].set_title(f"inference latency, {record['latency'][0]['model']}")
+        axes[-1][1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
