@@ -55,36 +55,26 @@ _BERT_LIKE = {
     "f2": Target("output.dense"),
 }
 
+# BERT and RoBERTa blocks share module names (RoBERTa is BERT's architecture, retrained).
+_BERT = Family(
+    blocks="encoder.layer",
+    targets={
+        "q": Target("attention.self.query"),
+        "k": Target("attention.self.key"),
+        "v": Target("attention.self.value"),
+        **_BERT_LIKE,
+    },
+    heads=("classifier",),
+    attention="attention.self",
+    ffn_out="output.dropout",
+    attn_out="attention.output.dropout",
+    sequence_out="encoder",
+)
+
 # Target letters, §4.2: the paper's Wq, Wk, Wv, Wo, plus the two FFN matrices as f1 (in) and f2 (out).
 FAMILIES: dict[str, Family] = {
-    "roberta": Family(
-        blocks="encoder.layer",
-        targets={
-            "q": Target("attention.self.query"),
-            "k": Target("attention.self.key"),
-            "v": Target("attention.self.value"),
-            **_BERT_LIKE,
-        },
-        heads=("classifier",),
-        attention="attention.self",
-        ffn_out="output.dropout",
-        attn_out="attention.output.dropout",
-        sequence_out="encoder",
-    ),
-    "bert": Family(
-        blocks="encoder.layer",
-        targets={
-            "q": Target("attention.self.query"),
-            "k": Target("attention.self.key"),
-            "v": Target("attention.self.value"),
-            **_BERT_LIKE,
-        },
-        heads=("classifier",),
-        attention="attention.self",
-        ffn_out="output.dropout",
-        attn_out="attention.output.dropout",
-        sequence_out="encoder",
-    ),
+    "roberta": _BERT,
+    "bert": _BERT,
     "deberta-v2": Family(
         blocks="encoder.layer",
         targets={
