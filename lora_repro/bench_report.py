@@ -87,6 +87,15 @@ def _fmt(x: float | None, spec: str) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def _spread(seconds: list[float] | None) -> str:
+    """Median with the range, so a reader sees how much the machine's load moved the timings."""
+    if not seconds:
+        return "–"
+    ms = sorted(1e3 * t for t in seconds)
+    mid = ms[len(ms) // 2] if len(ms) % 2 else (ms[len(ms) // 2 - 1] + ms[len(ms) // 2]) / 2
+    return f"{mid:.0f} [{ms[0]:.0f}–{ms[-1]:.0f}]"
+
+
 def _mib(n: int | None, spec: str) -> str:
     return "–" if n is None else format(n / MIB, spec)
 
@@ -128,7 +137,7 @@ def markdown(record: dict[str, Any]) -> str:
             "",
             f"## {model} ({r0['head']} head), batch {r0['batch']} x length {r0['seq_len']}",
             "",
-            "| method | trainable | checkpoint (MiB) | step (ms) | step CPU (ms) | tokens/s | "
+            "| method | trainable | checkpoint (MiB) | step ms: median [min–max] | step CPU ms | tokens/s | "
             "peak mem (MiB) | time / frozen | mem / frozen | time / full |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -141,7 +150,7 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['method']} | {_count(r.get('trainable_params'))} | "
                 f"{_mib(mem.get('checkpoint_bytes'), '.2f')} | "
-                f"{_fmt(1e3 * r['step_time_s'] if r.get('step_time_s') else None, '.0f')} | "
+                f"{_spread(r.get('step_s'))} | "
                 f"{_fmt(1e3 * r['step_cpu_time_s'] if r.get('step_cpu_time_s') else None, '.0f')} | "
                 f"{_fmt(r.get('tokens_per_s'), '.0f')} | "
                 f"{_mib(mem.get('peak_mem_bytes'), '.0f')} | "
