@@ -64,7 +64,12 @@ _BERT = Family(
         "v": Target("attention.self.value"),
         **_BERT_LIKE,
     },
-    heads=("classifier",),
+    # BERT's pooler (dense + tanh on [CLS]) feeds the classifier: it is the head's dense layer, as
+    # RoBERTa's classifier.dense is, and trains with the head under every method (Table 2's heads are
+    # trained; the counts exclude them). Frozen, a checkpoint whose pooler was never trained for
+    # classification (sentence-transformers' MiniLM: zero bias, weight std 0.009) starves the small
+    # methods. RoBERTa's classification model has no pooler, so this matches nothing there.
+    heads=("pooler", "classifier"),
     attention="attention.self",
     ffn_out="output.dropout",
     attn_out="attention.output.dropout",
@@ -210,5 +215,12 @@ def blocks(model: nn.Module, family: str) -> nn.ModuleList:
 
 def head_params(model: nn.Module, family: str) -> dict[str, nn.Parameter]:
     """Parameters of the task head (empty for a causal LM, whose output layer is tied)."""
-    names = FAMILIES[family].heads
-    return {n: p for n, p in model.named_parameters() if n.split(".")[0] in names}
+    return {n: p for n, p in model.named_parameters() if is_head(model, family, n)}
+
+
+def is_head(model: nn.Module, family: str, name: str) -> bool:
+    """Whether parameter `name` is in the task head: a top-level head module (`classifier`, DeBERTa's
+    `pooler`) or one inside the base model (BERT's `bert.pooler`)."""
+    names, parts = FAMILIES[family].heads, name.split(".")
+    prefix = getattr(model, "base_model_prefix", None)
+    return parts[0] in names or (len(parts) > 1 and parts[0] == prefix and parts[1] in names)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from lora_repro.cli import main
 from lora_repro.methods import METHODS, method_config, prepare
-from lora_repro.models import FAMILIES, ModelConfig, load_model
+from lora_repro.models import FAMILIES, ModelConfig, is_head, load_model
 
 SST2 = Path(__file__).parent / "fixtures" / "glue" / "SST-2"
 CONF = Path(__file__).parent.parent / "conf"
@@ -93,7 +93,7 @@ def test_method_trains_through_the_cli_and_saves_only_its_tensors(
     prepare(fresh, method_config({**values, **EXTRA.get(method, {})}), family)
     expected = {n: tuple(p.shape) for n, p in fresh.named_parameters() if p.requires_grad}
     assert {n: tuple(t.shape) for n, t in saved.items()} == expected
-    heads = {n for n in saved if n.split(".")[0] in FAMILIES[family].heads}
+    heads = {n for n in saved if is_head(fresh, family, n)}
     assert heads and {n for n in saved if n not in heads and not OWN[method](n, family)} == set()
     assert len(saved) > len(heads)  # the method trained something besides the head
     assert sum(t.numel() for t in saved.values()) == rec["cost"]["trainable_params"]

@@ -21,7 +21,7 @@ from lora_repro.errors import ConfigError
 from lora_repro.methods.adapters import AdapterAfter
 from lora_repro.methods.lora import LoRALayer, lora_layers
 from lora_repro.methods.prefix import ATTR as PREFIX_ATTR
-from lora_repro.models import FAMILIES
+from lora_repro.models import FAMILIES, head_params
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,8 @@ def export_peft(
         ranks[path] = rank
         conv |= layer.fan_in_fan_out
     heads = list(FAMILIES[family].heads) if head == "classification" else []
-    for key, p in model.named_parameters():
-        if key.split(".")[0] in heads:
-            tensors[f"base_model.model.{key}"] = p.detach().contiguous().cpu()
+    for key, p in head_params(model, family).items() if heads else ():
+        tensors[f"base_model.model.{key}"] = p.detach().contiguous().cpu()
     common = max(set(ranks.values()), key=list(ranks.values()).count)
     config = {
         "peft_type": "LORA",
