@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.handlers
-import os
-import random
 import resource
 import shutil
 import sys
@@ -18,68 +16,18 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from lora_repro import record
 from lora_repro.config import RunConfig
+from lora_repro.distributed import on_main, seed_everything, setup_distributed
 from lora_repro.errors import ConfigError
 from lora_repro.generate import run_generation
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; gloo on CPU, nccl on GPU."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device 'cuda' but no CUDA device is visible; valid here: auto, cpu"
-        )
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    )
-    if cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return rank, world, dev
-
-
-def gather(obj: Any, world: int) -> list[Any]:
-    """`obj` of every rank, in rank order."""
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def on_main(fn: Any, rank: int, world: int) -> Any:
-    """Run `fn` on rank 0 only (file system decisions) and share its result, or its ConfigError."""
-    result: list[Any] = [None]
-    if rank == 0:
-        try:
-            result = [("ok", fn())]
-        except ConfigError as exc:
-            result = [("error", str(exc))]
-    if world > 1:
-        dist.broadcast_object_list(result, src=0)
-    kind, value = result[0]
-    if kind == "error":
-        raise ConfigError(value)
-    return value
-
-
-def seed_everything(seed: int) -> None:
-    """Python, numpy and torch (CPU and every GPU): model init, LoRA's A and dropout follow it."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Session:

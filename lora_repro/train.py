@@ -25,9 +25,10 @@ from torch import nn
 
 from lora_repro import checkpoint
 from lora_repro.config import RunConfig
+from lora_repro.distributed import gather, on_main
 from lora_repro.errors import ConfigError
 from lora_repro.losses import IGNORE_INDEX, lm_loss
-from lora_repro.session import Session, gather, on_main
+from lora_repro.session import Session
 
 log = logging.getLogger(__name__)
 

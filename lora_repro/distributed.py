@@ -1,0 +1,64 @@
+"""Processes and seeds for one run: torchrun's environment -> (rank, world, device), rank-0-only
+decisions shared with every rank, and the seeds that make a run repeatable."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lora_repro.errors import ConfigError
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; gloo on CPU, nccl on GPU."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device 'cuda' but no CUDA device is visible; valid here: auto, cpu"
+        )
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    )
+    if cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, dev
+
+
+def gather(obj: Any, world: int) -> list[Any]:
+    """`obj` of every rank, in rank order."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_main(fn: Any, rank: int, world: int) -> Any:
+    """Run `fn` on rank 0 only (file system decisions) and share its result, or its ConfigError."""
+    result: list[Any] = [None]
+    if rank == 0:
+        try:
+            result = [("ok", fn())]
+        except ConfigError as exc:
+            result = [("error", str(exc))]
+    if world > 1:
+        dist.broadcast_object_list(result, src=0)
+    kind, value = result[0]
+    if kind == "error":
+        raise ConfigError(value)
+    return value
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch (CPU and every GPU): model init, LoRA's A and dropout follow it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
