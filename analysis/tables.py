@@ -12,6 +12,7 @@ to the paper's GPT-3 numbers (separate columns or rows, never paired as if they 
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -247,6 +248,39 @@ def table18(df: pd.DataFrame) -> Table:
     )
 
 
+def _lr(hparam_tag: Any) -> float | None:
+    """The learning rate in a hyperparameter tag (`lr0.001_bs32_ep2` -> 0.001; record.hparam_tag)."""
+    head = str(hparam_tag).split("_", 1)[0]
+    return float(head[2:]) if head.startswith("lr") else None
+
+
+def at_lr(lr: float) -> Getter:
+    get = headline()
+    return lambda run: get(run) if _lr(run["hparam_tag"]) == lr else None
+
+
+def lr_sweep(df: pd.DataFrame) -> Table:
+    """A learning-rate sweep: one row per (model, task, method), one column per learning rate, the
+    best column of each row in bold (how `mini_lr` chose each method's lr)."""
+    lrs = sorted({lr for lr in map(_lr, df.get("hparam_tag", [])) if lr is not None})
+    cols = {f"lr={lr:g}": at_lr(lr) for lr in lrs}
+    cells = fill(
+        df, lambda run: (run["model"], GLUE.get(run["task"], run["task"]), run["method_tag"]), cols
+    )
+    rows = []
+    for (model, task, tag), row in sorted(cells.items()):
+        centres = {c: row[c].centre("median") for c in cols}
+        best = max(
+            ((v, c) for c, v in centres.items() if v is not None and not math.isnan(v)),
+            default=(0, None),
+        )[1]
+        rows.append([model, task, tag] + [("**" + row[c].text("median", 1) + "**") if c == best
+                                          else row[c].text("median", 1) for c in cols])  # fmt: skip
+    notes = ["GLUE: primary dev metric ×100 (E2E: test BLEU), median over seeds [n runs]; bold: the "
+             "row's best learning rate"]  # fmt: skip
+    return Table("lr", "Learning-rate sweep", ["model", "task", "method", *cols], rows, notes)
+
+
 COST_COLS = {  # header -> (record field, format)
     "params": ("method_params", "{:,.0f}"),
     "trainable": ("trainable_params", "{:,.0f}"),
@@ -282,6 +316,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[pd.DataFrame], Table]]] = {
     "table5": (("table5_matrices",), table5),
     "table6": (("table6_rank",), table6),
     "table18": (("table18_e2e_rank",), table18),
+    "lr": (("mini_lr",), lr_sweep),
     "params": ((), cost),  # () = every results/*.jsonl
 }
 

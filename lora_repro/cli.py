@@ -223,7 +223,7 @@ commands:
   score     score NLG outputs: score --task e2e --refs REFS --hyps HYPS
   analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
   collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
-  tables    table2|table3|table5|table6|table18|params|all from results/: Markdown + LaTeX
+  tables    table2|table3|table5|table6|table18|lr|params|all from results/: Markdown + LaTeX
   bench     time, memory, params and checkpoint bytes per method; LoRA latency (--help for flags)
 
 Overrides are Hydra's: model=roberta-base method=lora method.r=16 method.targets=qkvo

@@ -205,3 +205,21 @@ def test_markdown_latex_and_cli(tmp_path: Path, table2_records, capsys):
     )
     assert main(["tables", "nope"]) == 2
     assert "unknown table 'nope'" in capsys.readouterr().err
+
+
+def test_lr_sweep_table_marks_each_rows_best_lr():
+    recs = []
+    # LoRA: 1e-3 best (median of two seeds 0.80, 0.84 = 82.0); BitFit: 3e-3 best; one failed run.
+    for tag, lr, seed, v in [(LORA, "0.001", 0, 0.80), (LORA, "0.001", 1, 0.84), (LORA, "0.003", 0, 0.79),
+                             ("bitfit", "0.001", 0, 0.70), ("bitfit", "0.003", 0, 0.75)]:  # fmt: skip
+        r = rec("minilm", "sst2", tag, seed, v, exp="mini_lr")
+        r["run"]["id"] = r["run"]["id"].replace("lr0.0005", f"lr{lr}")
+        r["config_hash"] += lr
+        recs.append(r)
+    failed = rec("minilm", "sst2", "bitfit", 1, None, "failed", exp="mini_lr")
+    failed["run"]["id"] = failed["run"]["id"].replace("lr0.0005", "lr0.003")
+    t = tables.lr_sweep(results.frame([*recs, failed]))
+    assert t.header == ["model", "task", "method", "lr=0.001", "lr=0.003"]
+    rows = {r[2]: r[3:] for r in t.rows}
+    assert rows[LORA] == ["**82.0 ±2.8 [2]**", "79.0 [1]"]
+    assert rows["bitfit"] == ["70.0 [1]", "**75.0 [1, 1 failed]**"]
