@@ -75,7 +75,7 @@ def test_cfg_job_and_help_show_the_composed_config(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "lora-repro train" in out and "== Config ==" in out
-    assert "roberta-base/mrpc" in out and "experiment: demo, mini, smoke" in out
+    assert "roberta-base/mrpc" in out and "experiment: demo, mini, mini_lr" in out
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,10 @@ from lora_repro.config import RunConfig
 EXPECTED = {
     "demo": 1,
     "smoke": 1,
-    "mini": 5 * 3,  # tasks x seeds
+    "mini": 6 * 5 * 3,  # methods x tasks x seeds
+    "mini_lr": 6 * 4,  # methods x learning rates (SST-2, seed 0)
+    "mini_rank": 2 * 5 * 3,  # tasks x ranks x seeds
+    "mini_matrices": 3 * 2 * 3,  # arms x tasks x seeds
     "table2_glue": 3 * 8 * 5,  # models x tasks x seeds
     "table2_houlsby": 8 * 5,
     "table3_e2e": 2 * 3,  # GPT-2 medium, large x seeds
@@ -101,6 +104,50 @@ def test_mini_reads_glue_dir(monkeypatch):
     cfg = load([*jobs("mini")[4]])
     assert (cfg.model.name, cfg.model.init, cfg.task.train_limit) == ("minilm", "pretrained", 1000)
     assert cfg.task.data_dir == f"/somewhere/glue/{ {'sst2': 'SST-2', 'mrpc': 'MRPC', 'cola': 'CoLA', 'rte': 'RTE', 'stsb': 'STS-B'}[cfg.task.name] }"  # fmt: skip
+
+
+def test_mini_recipes_set_method_and_its_own_lr_at_loras_budget():
+    """Each mini recipe picks its method and learning rate; the small methods sit within 7% of LoRA's
+    |Θ| (r=8 on Wq, Wv: 73,728 on MiniLM-L6), as the paper's low-budget adapter rows do (Table 2)."""
+    from lora_repro.methods import count_params, prepare
+    from lora_repro.models import load_model
+
+    def count(cfg: RunConfig) -> int:
+        model = load_model(cfg.model, "classification", 2, device="meta")
+        prepare(model, cfg.method, cfg.model.family)
+        return count_params(model, cfg.model.family)["method_params"]
+
+    recipes = {
+        next(o for o in j if o.startswith("mini="))[5:]: load(j)
+        for j in jobs("mini", ("task=sst2", "seed=0"))
+    }
+    assert set(recipes) == {
+        "lora",
+        "full",
+        "bitfit",
+        "adapter_houlsby",
+        "adapter_pfeiffer",
+        "prefix_layer",
+    }
+    assert len({c.train.lr for c in recipes.values()}) > 1, "each method has its own lr"
+    lora = recipes["lora"].method
+    assert (lora.targets, lora.r, lora.alpha) == ("qv", 8, 8)
+    budget = count(recipes["lora"])
+    assert budget == 73_728
+    for name in ("adapter_houlsby", "adapter_pfeiffer", "prefix_layer"):
+        n = count(recipes[name])
+        assert abs(n / budget - 1) < 0.07, (name, n)
+    lr_runs = [load(j) for j in jobs("mini_lr")]
+    assert {c.task.name for c in lr_runs} == {"sst2"} and len({c.train.lr for c in lr_runs}) == 4
+
+
+def test_mini_rank_and_matrices_vary_only_the_lora_shape():
+    ranks = [load(j).method for j in jobs("mini_rank", ("task=sst2", "seed=0"))]
+    assert [(m.name, m.targets, m.r, m.alpha) for m in ranks] == [
+        ("lora", "qv", r, 8) for r in (1, 2, 4, 8, 64)
+    ]
+    arms = [load(j).method for j in jobs("mini_matrices", ("task=sst2", "seed=0"))]
+    assert [(m.targets, m.r) for m in arms] == [("q", 8), ("qv", 4), ("qkvo", 2)]
 
 
 def test_table5_arms_are_zipped_at_a_fixed_budget():
