@@ -21,7 +21,7 @@ EXPECTED = {
     "demo": 1,
     "smoke": 1,
     "mini": 6 * 5 * 3,  # methods x tasks x seeds
-    "mini_lr": 6 * 4,  # methods x learning rates (SST-2, seed 0)
+    "mini_lr": 6 * 6,  # methods x learning rates (SST-2, seed 0)
     "mini_rank": 2 * 5 * 3,  # tasks x ranks x seeds
     "mini_matrices": 3 * 2 * 3,  # arms x tasks x seeds
     "table2_glue": 3 * 8 * 5,  # models x tasks x seeds
@@ -138,7 +138,7 @@ def test_mini_recipes_set_method_and_its_own_lr_at_loras_budget():
         n = count(recipes[name])
         assert abs(n / budget - 1) < 0.07, (name, n)
     lr_runs = [load(j) for j in jobs("mini_lr")]
-    assert {c.task.name for c in lr_runs} == {"sst2"} and len({c.train.lr for c in lr_runs}) == 4
+    assert {c.task.name for c in lr_runs} == {"sst2"} and len({c.train.lr for c in lr_runs}) == 6
 
 
 def test_mini_rank_and_matrices_vary_only_the_lora_shape():
