@@ -141,7 +141,10 @@ def versus_paper(df: pd.DataFrame, paper: pd.DataFrame, cols: dict[str, tuple[Ge
 
 def table2(df: pd.DataFrame) -> Table:
     paper = pd.read_csv(PAPER_DIR / "table2_glue.csv")
-    cols = {GLUE[t]: (value(t, "primary", 100.0), GLUE[t], 1) for t in GLUE}
+    # A study of none of the paper's models (e.g. `mini`) shows only the tasks it ran.
+    ours_only = df.empty or not set(df["model"]) & set(paper["model"])
+    tasks = [t for t in GLUE if not ours_only or t in set(df["task"])] or list(GLUE)
+    cols = {GLUE[t]: (value(t, "primary", 100.0), GLUE[t], 1) for t in tasks}
     rows, notes = versus_paper(df, paper, cols, "median", with_setting=True, avg=True)
     notes.insert(0, "GLUE dev, ×100: MNLI matched acc, CoLA Matthews corr, STS-B Pearson, others acc; "
                  "median over seeds of each run's best epoch ±sd [n runs] (paper)")  # fmt: skip

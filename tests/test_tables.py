@@ -223,3 +223,10 @@ def test_lr_sweep_table_marks_each_rows_best_lr():
     rows = {r[2]: r[3:] for r in t.rows}
     assert rows[LORA] == ["**82.0 ±2.8 [2]**", "79.0 [1]"]
     assert rows["bitfit"] == ["70.0 [1]", "**75.0 [1, 1 failed]**"]
+
+
+def test_table2_of_a_study_without_the_papers_models_shows_only_its_tasks():
+    recs = [rec("minilm", t, LORA, 0, 0.8, exp="mini") for t in ("sst2", "rte")]
+    t = tables.table2(results.frame(recs))
+    assert t.header == ["model", "method", "params", "SST-2", "RTE", "Avg"]
+    assert t.rows == [["minilm", LORA, "0.29M", "80.0 [1]", "80.0 [1]", "80.0"]]
