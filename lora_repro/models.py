@@ -37,7 +37,7 @@ class Family:
 
     blocks: str  # path from `model.base_model` to the ModuleList of transformer blocks
     targets: dict[str, Target]  # letter -> location inside one block
-    heads: tuple[str, ...]  # top-level module names of the task head (trainable under every method)
+    heads: tuple[str, ...]  # task-head module names, top level or in the base model (see is_head)
     attention: str  # path inside a block to the self-attention module (prefix tuning hooks here)
     # Bottleneck adapters go where Houlsby et al. (2019, Fig. 2) put them: on a sub-layer's output after
     # its projection and dropout, before the residual add (and, in post-LN blocks, before the LayerNorm).
@@ -49,52 +49,40 @@ class Family:
     sequence_out: str = ""
 
 
-_BERT_LIKE = {
-    "o": Target("attention.output.dense"),
-    "f1": Target("intermediate.dense"),
-    "f2": Target("output.dense"),
-}
-
-# BERT and RoBERTa blocks share module names (RoBERTa is BERT's architecture, retrained).
-_BERT = Family(
-    blocks="encoder.layer",
-    targets={
-        "q": Target("attention.self.query"),
-        "k": Target("attention.self.key"),
-        "v": Target("attention.self.value"),
-        **_BERT_LIKE,
-    },
-    # BERT's pooler (dense + tanh on [CLS]) feeds the classifier: it is the head's dense layer, as
-    # RoBERTa's classifier.dense is, and trains with the head under every method (Table 2's heads are
-    # trained; the counts exclude them). Frozen, a checkpoint whose pooler was never trained for
-    # classification (sentence-transformers' MiniLM: zero bias, weight std 0.009) starves the small
-    # methods. RoBERTa's classification model has no pooler, so this matches nothing there.
-    heads=("pooler", "classifier"),
-    attention="attention.self",
-    ffn_out="output.dropout",
-    attn_out="attention.output.dropout",
-    sequence_out="encoder",
-)
-
-# Target letters, §4.2: the paper's Wq, Wk, Wv, Wo, plus the two FFN matrices as f1 (in) and f2 (out).
-FAMILIES: dict[str, Family] = {
-    "roberta": _BERT,
-    "bert": _BERT,
-    "deberta-v2": Family(
+def _encoder(proj: str) -> Family:
+    """BERT, RoBERTa and DeBERTa-v2 blocks share one layout; only the q/k/v projections' names differ
+    (`query` vs `query_proj`). The pooler is part of the task head in all three:
+    - BERT's pooler (dense + tanh on [CLS]) feeds the classifier: it is the head's dense layer, as
+      RoBERTa's classifier.dense is, and trains with the head under every method (Table 2's heads are
+      trained; the counts exclude them). Frozen, a checkpoint whose pooler was never trained for
+      classification (sentence-transformers' MiniLM: zero bias, weight std 0.009) starves the small
+      methods. RoBERTa's classification model has no pooler, so this matches nothing there.
+    - DeBERTa's ContextPooler is not in the pretrained checkpoint: it is part of the new head."""
+    return Family(
         blocks="encoder.layer",
         targets={
-            "q": Target("attention.self.query_proj"),
-            "k": Target("attention.self.key_proj"),
-            "v": Target("attention.self.value_proj"),
-            **_BERT_LIKE,
+            "q": Target(f"attention.self.query{proj}"),
+            "k": Target(f"attention.self.key{proj}"),
+            "v": Target(f"attention.self.value{proj}"),
+            "o": Target("attention.output.dense"),
+            "f1": Target("intermediate.dense"),
+            "f2": Target("output.dense"),
         },
-        # DeBERTa's ContextPooler is not in the pretrained checkpoint: it is part of the new head.
         heads=("pooler", "classifier"),
         attention="attention.self",
         ffn_out="output.dropout",
         attn_out="attention.output.dropout",
         sequence_out="encoder",
-    ),
+    )
+
+
+_BERT = _encoder("")  # RoBERTa is BERT's architecture, retrained: same module names
+
+# Target letters, §4.2: the paper's Wq, Wk, Wv, Wo, plus the two FFN matrices as f1 (in) and f2 (out).
+FAMILIES: dict[str, Family] = {
+    "roberta": _BERT,
+    "bert": _BERT,
+    "deberta-v2": _encoder("_proj"),
     "gpt2": Family(
         blocks="h",
         targets={
