@@ -4,7 +4,9 @@ and PEFT's LoRA; and forward latency of base vs LoRA merged/unmerged vs adapters
 
 Each measurement runs in a fresh worker process (`python -m lora_repro.bench --one <json>`): one per
 model for the interleaved step timings, one per model x method for peak memory (a process's peak
-resident memory is only meaningful for a single configuration), one for the latency grid.
+resident memory is only meaningful for a single configuration), one for the latency grid. Peak memory
+is per process (RSS, or CUDA's max_memory_allocated), so `--memory-jobs N` may run N of those at once;
+timings never overlap anything.
 
 Usage: lora-repro bench [--models roberta-base,gpt2-medium] [--batch 8] [--seq-len 128]
        [--methods frozen,lora,peft_lora,full] [--grid small|paper|1x128,8x128] [--out results/bench]
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed training rounds (median)")
     p.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory process")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument(
+        "--memory-jobs",
+        type=int,
+        default=1,
+        help="peak-memory processes at once (each one's peak is its own; mind host/GPU memory)",
+    )
     p.add_argument("--latency-model", default="gpt2-medium", help="'none' skips latency")
     p.add_argument("--grid", default="1x64,4x64", help="small, paper, or BxL[,BxL...]")
     p.add_argument("--latency-warmup", type=int, default=1, help="forward rounds not timed")
@@ -87,7 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # worker: one JSON job spec
     args = p.parse_args(argv)
     if args.one is None:
-        for name in ("batch", "seq_len", "steps", "memory_steps", "latency_steps"):
+        for name in ("batch", "seq_len", "steps", "memory_steps", "memory_jobs", "latency_steps"):
             check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
         check_choice("--device", args.device, ("auto", "cpu", "cuda"))
         check_choice("--precision", args.precision, ("fp32", "bf16"))
@@ -110,7 +120,7 @@ def _threads() -> int:
 
 def run_worker(spec: dict, workdir: Path) -> dict:
     """Run one job in a fresh Python process and return its JSON (or a failure record)."""
-    out = workdir / f"job{len(list(workdir.iterdir()))}.json"
+    out = workdir / f"job-{uuid.uuid4().hex}.json"  # unique: memory workers may run concurrently
     spec = {**spec, "result": str(out)}
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # import this checkout's lora_repro
@@ -237,19 +247,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shape.update(batch=args.batch, seq_len=args.seq_len, methods=methods)
             job = {**common, **shape, "job": "train", "warmup": args.warmup, "steps": args.steps}
             timing = run_worker(job, work)
+            rows = []
             for meth in methods:
                 row = {**shape, "method": meth, **timing.get(meth, timing)}
+                del row["methods"]
                 if row.get("step_s"):
                     row["step_time_s"] = median(row["step_s"])
                     row["step_cpu_time_s"] = median(row["step_cpu_s"])
                     row["tokens_per_s"] = args.batch * args.seq_len / row["step_time_s"]
                     log.info("%s %s: %.3f s/step", name, meth, row["step_time_s"])
-                if not args.no_memory:
-                    job = {**common, **shape, "job": "memory", "methods": [meth]}
-                    row["memory"] = run_worker({**job, "steps": args.memory_steps}, work)
-                del row["methods"]
-                record["train"].append(row)
-                _checkpoint(record, Path(args.out))
+                rows.append(row)
+            if not args.no_memory:  # after the timings, so that they never overlap them
+                mem = {**common, **shape, "job": "memory", "steps": args.memory_steps}
+                specs = [{**mem, "methods": [meth]} for meth in methods]
+                with ThreadPoolExecutor(args.memory_jobs) as pool:
+                    peaks = pool.map(lambda s: run_worker(s, work), specs)
+                    for row, peak in zip(rows, peaks, strict=True):
+                        row["memory"] = peak
+            record["train"].extend(rows)
+            _checkpoint(record, Path(args.out))
         if lat_model:
             job = {**common, "job": "latency", "model": lat_model, "methods": methods}
             job.update(head=_head(args, family[lat_model]), grid=args.grid_cells)

@@ -219,6 +219,8 @@ def test_end_to_end_default_flow(tmp_path, capsys):
         "1",
         "--memory-steps",
         "1",
+        "--memory-jobs",
+        "2",  # concurrent memory workers: each row must still get its own method's record
         "--latency-model",
         "tiny-gpt2",
         "--grid",
@@ -232,6 +234,9 @@ def test_end_to_end_default_flow(tmp_path, capsys):
     record = json.loads((tmp_path / "bench.json").read_text())
     rows = {r["method"]: r for r in record["train"]}
     assert rows["lora"]["memory"]["checkpoint_bytes"] > 0 and rows["lora"]["step_time_s"] > 0
+    assert (
+        rows["full"]["memory"]["checkpoint_bytes"] > 10 * rows["lora"]["memory"]["checkpoint_bytes"]
+    )
     assert math.isfinite(rows["lora"]["time_vs_frozen"])
     assert {r["variant"] for r in record["latency"]} == {"base", "lora_merged", "lora_unmerged"}
     assert "## Targets" in capsys.readouterr().out
@@ -243,6 +248,7 @@ def test_end_to_end_default_flow(tmp_path, capsys):
         (["--methods", "lora,nope"], "unknown bench method 'nope'; valid: "),
         (["--grid", "3y4"], "bad --grid '3y4'"),
         (["--batch", "0"], "--batch must be > 0"),
+        (["--memory-jobs", "0"], "--memory-jobs must be > 0"),
         (["--precision", "fp8"], "unknown --precision 'fp8'"),
     ],
 )
