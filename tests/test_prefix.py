@@ -280,3 +280,33 @@ def test_bad_config_and_inputs_are_clear_errors():
         init_from_tokens(model, model.prefix_tuning, torch.tensor([1, 2]))
     with pytest.raises(ConfigError, match="already has a prefix"):
         prepare(model, method_config(VARIANTS["layer"]), fam)
+
+
+# tiny-roberta pads with id 0, so its positions start at 1 (roberta-base: at 2, 514 - 2 = 512 tokens).
+@pytest.mark.parametrize(("family", "limit"), [("roberta", 64 - 1), ("bert", 64), ("gpt2", 64)])
+def test_a_sequence_that_pushes_past_the_last_position_is_a_clear_error(family, limit):
+    """Real tokens shift by l_p; one position too many must be a ConfigError, not an index error
+    (on a GPU that is a device-side assert that takes the process down)."""
+    model, fam = tiny(family, max_position_embeddings=64)
+    prepare(model, method_config(VARIANTS["layer"]), fam)
+    ok = torch.randint(5, 1000, (1, limit - 3))
+    assert logits(model, ok, torch.ones_like(ok)).shape == (1, 2)
+    long = torch.randint(5, 1000, (1, limit - 2))
+    with pytest.raises(ConfigError, match=rf"= {limit + 1} positions exceeds the model's {limit}"):
+        logits(model, long, torch.ones_like(long))
+
+
+def test_roberta_base_takes_512_tokens_with_its_prefix():
+    from lora_repro.methods.prefix import _position_limit
+    from lora_repro.models import hf_config
+
+    cfg = ModelConfig(**yaml.safe_load((CONF / "roberta-base.yaml").read_text()))
+    assert _position_limit(hf_config(cfg)) == 512
+
+
+def test_relative_position_models_have_no_limit():
+    model, fam = tiny("deberta-v2", position_biased_input=False, max_position_embeddings=16)
+    prepare(model, method_config(VARIANTS["layer"]), fam)
+    ids = torch.randint(5, 1000, (1, 20))
+    assert model.prefix_tuning.max_positions is None
+    assert logits(model, ids, torch.ones_like(ids)).shape == (1, 2)

@@ -92,6 +92,7 @@ class PrefixTuning(nn.Module):
         else:
             self.kv = nn.Parameter(torch.zeros(n_layers, 2, length, d_kv))
         self.enabled = True
+        self.max_positions: int | None = None  # absolute positions the model has (None: relative)
         self.inserted = 0  # positions inserted by the current forward (0 once cached in generation)
         self._last = (0, 0)  # (inserted, padded length) of the latest forward, for `top_hook`
         self._kv_now: torch.Tensor | None = None
@@ -148,14 +149,16 @@ class PrefixTuning(nn.Module):
             raise ConfigError("prefix tuning needs a 2-D attention mask (batch x tokens)")
         past = kwargs.get("past_key_values")
         pos = kwargs.get("position_ids")
-        if past is not None and past.get_seq_length() > 0:
+        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
+        done = past.get_seq_length() if past is not None else 0
+        self._check_length(done + (ids if embeds is None else embeds).shape[1] + (0 if done else p))
+        if done > 0:
             # Generation after the first step: the prefix already sits in the cache.
             if mask is not None:
                 kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], p), mask], 1)
             if pos is not None:
                 kwargs["position_ids"] = pos + p
             return (), kwargs
-        ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         if embeds is None:
             embeds = module.get_input_embeddings()(ids)
         b = embeds.shape[0]
@@ -176,6 +179,16 @@ class PrefixTuning(nn.Module):
             kwargs["position_ids"] = torch.cat([head, pos + p], 1)
         self.inserted, self._last = p, (p, kwargs["inputs_embeds"].shape[1])
         return (), kwargs
+
+    def _check_length(self, total: int) -> None:
+        # Inserted positions shift real tokens by l_p: past the model's last absolute position the
+        # embedding lookup fails (on a GPU as an opaque device-side assert that kills the process).
+        if self.max_positions is not None and total > self.max_positions:
+            raise ConfigError(
+                f"prefix of {self.length} + {total - self.length} tokens = {total} positions exceeds "
+                f"the model's {self.max_positions}; valid: at most {self.max_positions - self.length} "
+                "tokens per sequence (task.max_length) or a shorter prefix (method.length)"
+            )
 
     def sequence_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         """Drop the inserted positions from the per-position outputs."""
@@ -275,6 +288,16 @@ def init_from_tokens(
         model.train(training)
 
 
+def _position_limit(config: Any) -> int | None:
+    """Tokens a sequence may have with absolute position embeddings (None: relative positions only)."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2 XL/XXL: relative only
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type in ("roberta", "xlm-roberta"):
+        limit -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+    return limit
+
+
 def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
     """Attach the prefix as `model.prefix_tuning` and hook it in; the prefix is all that trains."""
     if hasattr(model, ATTR):
@@ -296,6 +319,7 @@ def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
         d_kv,
         cfg.reparam_hidden if layer and cfg.reparam else 0,
     ).to(device=ref.device, dtype=ref.dtype)
+    prefix.max_positions = _position_limit(model.config)
     setattr(model, ATTR, prefix)
     base = model.base_model
     seq = base.get_submodule(fam.sequence_out) if fam.sequence_out else base
