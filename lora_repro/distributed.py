@@ -22,9 +22,13 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
             "train.device 'cuda' but no CUDA device is visible; valid here: auto, cpu"
         )
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    )
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda and local >= torch.cuda.device_count():
+        raise ConfigError(
+            f"process LOCAL_RANK={local} has no GPU of its own ({torch.cuda.device_count()} visible); "
+            "valid: torchrun --nproc_per_node <= the GPU count, or train.device=cpu"
+        )
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

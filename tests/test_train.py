@@ -203,7 +203,7 @@ def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
     params = dict(s.model.named_parameters())
     s.close()
     lora = [n for n in saved if ".lora." in n]
-    assert lora and all(torch.equal(params[n].detach(), saved[n]) for n in lora)
+    assert lora and all(torch.equal(params[n].detach().cpu(), saved[n]) for n in lora)
     assert params["classifier.out_proj.weight"].shape[0] == 1
 
     # The same label count: the LoRA tensors load, the head stays this run's fresh one (a head trained
@@ -218,11 +218,11 @@ def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
     s.build()
     params = dict(s.model.named_parameters())
     s.close()
-    assert all(torch.equal(params[n].detach(), saved[n]) for n in lora)
+    assert all(torch.equal(params[n].detach().cpu(), saved[n]) for n in lora)
     heads = [n for n in saved if n.startswith("classifier.")]
     assert heads and all(torch.equal(params[n].detach(), fresh_head[n]) for n in heads)
     assert not torch.equal(
-        params["classifier.out_proj.weight"].detach(), saved["classifier.out_proj.weight"]
+        params["classifier.out_proj.weight"].detach().cpu(), saved["classifier.out_proj.weight"]
     )
 
     s = Session(toytask.config(tmp_path / "c", f"train.init_from={adapter}", "method.r=4"))
@@ -280,7 +280,7 @@ def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeyp
     assert seen["args"] == ("toy_lm", "nlg", folder, 64, ["BLEU"])
     best = load_file(str(folder / "adapter.safetensors"))
     assert seen["weights"] and all(
-        torch.equal(seen["weights"][n], best[n]) for n in seen["weights"]
+        torch.equal(seen["weights"][n].cpu(), best[n]) for n in seen["weights"]
     )
     rows = record.History(folder / "history.jsonl").rows()
     assert rows[-1]["event"] == "generate" and rows[-1]["test/BLEU"] == 0.5

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import toytask
 from safetensors.torch import load_file
@@ -21,6 +22,7 @@ TESTS = str(Path(__file__).parent)
 ARGS = [
     "+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0",
     "train.max_steps=null", "train.epochs=2", "train.lr=0.5", "train.weight_decay=0.1",
+    "train.device=cpu",  # gloo parity on any machine (a 1-GPU box cannot host 2 nccl ranks)
 ]  # fmt: skip
 
 
@@ -43,7 +45,8 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     base += ["train.eval_every=null", "task.train_limit=null", "task.eval_limit=null"]
     base += ["logging.log_every=1"]
     root = str(Path(__file__).parent.parent)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
         [*cmd, str(script), "train", *base, *ARGS, "train.grad_accum=2"],  # 2 micro-batches of 2
@@ -67,3 +70,15 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
     assert any(not torch.equal(v, torch.zeros_like(v)) for n, v in two.items() if ".B." in n)
     # one record, written by rank 0 only
     assert proc.stdout.count("run: ") == 1
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun's second process on a one-GPU machine gets a one-line error, not a CUDA crash."""
+    from lora_repro.distributed import setup_distributed
+    from lora_repro.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=1 has no GPU of its own \(1 visible\)"):
+        setup_distributed("auto")
