@@ -86,6 +86,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "seed": cfg.get("seed"),
         "targets": method.get("targets"),
         "r": method.get("r"),
+        "lr": (cfg.get("train") or {}).get("lr"),
         "status": rec.get("status"),
         "error": rec.get("error"),
         "config_hash": rec.get("config_hash"),

@@ -251,21 +251,15 @@ def table18(df: pd.DataFrame) -> Table:
     )
 
 
-def _lr(hparam_tag: Any) -> float | None:
-    """The learning rate in a hyperparameter tag (`lr0.001_bs32_ep2` -> 0.001; record.hparam_tag)."""
-    head = str(hparam_tag).split("_", 1)[0]
-    return float(head[2:]) if head.startswith("lr") else None
-
-
 def at_lr(lr: float) -> Getter:
     get = headline()
-    return lambda run: get(run) if _lr(run["hparam_tag"]) == lr else None
+    return lambda run: get(run) if run["lr"] == lr else None
 
 
 def lr_sweep(df: pd.DataFrame) -> Table:
     """A learning-rate sweep: one row per (model, task, method), one column per learning rate, the
     best column of each row in bold (how `mini_lr` chose each method's lr)."""
-    lrs = sorted({lr for lr in map(_lr, df.get("hparam_tag", [])) if lr is not None})
+    lrs = sorted({float(lr) for lr in df.get("lr", []) if pd.notna(lr)})
     cols = {f"lr={lr:g}": at_lr(lr) for lr in lrs}
     cells = fill(
         df, lambda run: (run["model"], GLUE.get(run["task"], run["task"]), run["method_tag"]), cols

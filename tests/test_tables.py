@@ -31,6 +31,7 @@ def rec(model: str, task: str, tag: str, seed: int, primary: float | None, statu
             "model": {"name": model},
             "task": {"name": task},
             "method": {"name": method, "targets": targets, "r": r},
+            "train": {"lr": 0.0005},
         },
         "config_hash": f"h-{exp}-{model}-{task}-{tag}-{seed}",
         "task": {"name": task, "version": "1"},
@@ -214,10 +215,12 @@ def test_lr_sweep_table_marks_each_rows_best_lr():
                              ("bitfit", "0.001", 0, 0.70), ("bitfit", "0.003", 0, 0.75)]:  # fmt: skip
         r = rec("minilm", "sst2", tag, seed, v, exp="mini_lr")
         r["run"]["id"] = r["run"]["id"].replace("lr0.0005", f"lr{lr}")
+        r["config"]["train"]["lr"] = float(lr)
         r["config_hash"] += lr
         recs.append(r)
     failed = rec("minilm", "sst2", "bitfit", 1, None, "failed", exp="mini_lr")
     failed["run"]["id"] = failed["run"]["id"].replace("lr0.0005", "lr0.003")
+    failed["config"]["train"]["lr"] = 0.003
     t = tables.lr_sweep(results.frame([*recs, failed]))
     assert t.header == ["model", "task", "method", "lr=0.001", "lr=0.003"]
     rows = {r[2]: r[3:] for r in t.rows}
