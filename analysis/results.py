@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from lora_repro.errors import ConfigError
+from lora_repro.record import environment_label
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "primary_metric": metrics.get("primary_metric"),
         "primary": metrics.get("primary"),
         "task_version": (rec.get("task") or {}).get("version"),
+        "env": environment_label(rec),
     }
     for name in COST:
         row[name] = cost.get(name)

@@ -331,7 +331,18 @@ def build(
     if df.attrs.get("duplicates"):
         table.notes.append(f"{df.attrs['duplicates']} duplicate record(s) counted once")
     table.notes.append("from " + ", ".join(f"results/{e}.jsonl" for e in exps))
+    if len(df):
+        table.notes.append(environments(df))
     return table
+
+
+def environments(df: pd.DataFrame) -> str:
+    """Which environment produced the runs: one, or each of several with its run count (mixed
+    environments are marked, since a library release can move a number)."""
+    envs = df["env"].value_counts()
+    if len(envs) == 1:
+        return f"environment: {envs.index[0]} (all {int(envs.iloc[0])} runs)"
+    return "MIXED environments: " + "; ".join(f"{e} ({int(n)} runs)" for e, n in envs.items())
 
 
 def write(table: Table, out_dir: str | Path) -> list[Path]:

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lora_repro.hf_compat import cache_kwarg, cache_out
+
 log = logging.getLogger(__name__)
 
 
@@ -104,7 +106,8 @@ def beam_search(
     ids, mask = ids.repeat_interleave(k, 0).to(device), mask.repeat_interleave(k, 0).to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-    past, logits, next_pos = out.past_key_values, out.logits[:, -1, :], pos[:, -1:] + 1
+    past, logits, next_pos = cache_out(out), out.logits[:, -1, :], pos[:, -1:] + 1
+    cache_name = cache_kwarg(model)
 
     eos = torch.tensor(settings.eos_ids, dtype=torch.long, device=device)
     scores = torch.full((batch, k), float("-inf"), device=device)
@@ -147,10 +150,10 @@ def beam_search(
             input_ids=tok,
             attention_mask=mask,
             position_ids=next_pos,
-            past_key_values=past,
             use_cache=True,
+            **{cache_name: past},
         )
-        past, logits, next_pos = out.past_key_values, out.logits[:, -1, :], next_pos + 1
+        past, logits, next_pos = cache_out(out), out.logits[:, -1, :], next_pos + 1
     else:  # ran the full max_new_tokens: the live hypotheses are candidates (unfinished outputs)
         for b in range(batch):
             for j in range(k):

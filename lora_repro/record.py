@@ -12,6 +12,7 @@ failed | oom (peft's method_comparison records failures as results too).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -210,6 +211,17 @@ class History:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
+# The packages whose versions can move a number; recorded per run so mixed environments are visible.
+STACK = ("torch", "transformers", "tokenizers", "datasets", "numpy", "safetensors", "hydra-core")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: Any, dtype: str, world_size: int) -> dict[str, Any]:
     import torch
     import transformers
@@ -229,7 +241,14 @@ def environment(device: Any, dtype: str, world_size: int) -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "host": platform.node(),
         "argv": sys.argv,
+        "packages": {p: _version(p) for p in STACK},
     }
+
+
+def environment_label(record: dict[str, Any]) -> str:
+    """The environment that produced a record, as tables and `collect` print it."""
+    env = record.get("environment") or {}
+    return f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}"
 
 
 def git_sha() -> str | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_repro.errors import ConfigError
+from lora_repro.record import environment_label
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,12 @@ def _key(rec: dict[str, Any]) -> tuple[str, str]:
 
 
 def collect(experiment: str, runs_dir: str | Path = "runs", results_dir: str | Path = "results",
-            fresh: bool = False) -> tuple[Path, Counter]:  # fmt: skip
+            fresh: bool = False) -> tuple[Path, Counter, Counter]:  # fmt: skip
     """Copy every runs/<experiment>/**/result.json into results/<experiment>.jsonl, one record a line
     (keys sorted, lines sorted by run id): a diffable file tables rebuild from without the cluster.
     Records already in the file whose runs are not under runs_dir (collected on another machine) are
-    kept unless `fresh`; a run found again replaces its old line."""
+    kept unless `fresh`; a run found again replaces its old line. Returns the file, the records per
+    status and the records per environment (torch/transformers versions)."""
     root = Path(runs_dir) / experiment
     if not root.is_dir():
         raise ConfigError(f"no run folders under {str(root)!r} (experiment {experiment!r})")
@@ -159,7 +161,7 @@ def collect(experiment: str, runs_dir: str | Path = "runs", results_dir: str | P
     tmp.replace(out)
     counts = Counter(r.get("status", "?") for r in merged.values())
     counts["kept from before"] = len(kept)
-    return out, counts
+    return out, counts, Counter(environment_label(r) for r in merged.values())
 
 
 def _lines(path: Path) -> list[str]:
@@ -188,9 +190,11 @@ def collect_main(argv: list[str]) -> int:
             "usage: lora-repro collect <experiment> [runs_dir=runs] [results_dir=results]"
         )
     fresh = opts["fresh"].lower() in ("1", "true", "yes")
-    out, counts = collect(words[0], opts["runs_dir"], opts["results_dir"], fresh)
+    out, counts, envs = collect(words[0], opts["runs_dir"], opts["results_dir"], fresh)
     kept = counts.pop("kept from before")
     status = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"{out}: {sum(counts.values())} records ({status or 'none'})"
           + (f"; {kept} kept from an earlier collect" if kept else ""))  # fmt: skip
+    mixed = "MIXED environments: " if len(envs) > 1 else "environment: "
+    print(mixed + "; ".join(f"{e} ({n} runs)" for e, n in envs.most_common()))
     return 0

@@ -11,6 +11,8 @@ import yaml
 from transformers import DynamicCache
 
 from lora_repro.errors import ConfigError
+from lora_repro.generate import BeamSettings, beam_search
+from lora_repro.hf_compat import cache_kwarg, enable_checkpointing
 from lora_repro.methods import count_params, method_config, prepare
 from lora_repro.methods.prefix import init_from_tokens
 from lora_repro.models import ModelConfig, head_params, load_model
@@ -116,7 +118,7 @@ def test_prefix_layer_equals_feeding_the_keys_values_as_past(family):
     model.prefix_tuning.enabled = False
     full_mask = torch.cat([torch.ones(ids.shape[0], p, dtype=mask.dtype), mask], 1)
     with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=full_mask, past_key_values=cache).logits
+        ref = model(input_ids=ids, attention_mask=full_mask, **{cache_kwarg(model): cache}).logits
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
@@ -202,6 +204,29 @@ def test_generation_through_the_cache_equals_full_recompute(variant):
     assert beams.shape == (2, ids.shape[1] + 3)
 
 
+@pytest.mark.parametrize("variant", ["layer", "embed"])
+def test_own_beam_search_left_padded_batch_equals_full_recompute(variant):
+    """The project's beam search (E2E decoding) passes the cache itself: greedy through it, on a
+    left-padded batch, must equal recomputing every row alone without a cache; wider beams must give
+    each row its own result."""
+    model, fam = tiny("gpt2", head="lm")
+    prepare(model, method_config({**VARIANTS[variant], "init": "normal", "init_std": 1.0}), fam)
+    ids = batch()[0]
+    prompts = [ids[0, :7].tolist(), ids[1, :4].tolist(), ids[2, :9].tolist()]  # ragged: left pads
+    greedy = BeamSettings(beam_size=1, length_penalty=0.0, no_repeat_ngram_size=0, max_new_tokens=5)
+    got = beam_search(model, prompts, greedy, pad_id=0, early_stop=False)
+    with torch.no_grad():
+        for prompt, out in zip(prompts, got, strict=True):
+            cur = torch.tensor([prompt])
+            for _ in range(5):
+                nxt = model(input_ids=cur, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                cur = torch.cat([cur, nxt], 1)
+            assert out == cur[0, len(prompt) :].tolist()
+    wide = BeamSettings(beam_size=3, length_penalty=0.9, no_repeat_ngram_size=2, max_new_tokens=5)
+    alone = [beam_search(model, [p], wide, early_stop=False)[0] for p in prompts]
+    assert beam_search(model, prompts, wide, pad_id=0, early_stop=False) == alone
+
+
 def test_reparam_materialize_keeps_outputs_and_drops_the_mlp():
     model, fam = tiny("roberta")
     prepare(model, method_config(VARIANTS["layer_reparam"]), fam)
@@ -232,7 +257,7 @@ def test_materialized_prefix_saves_and_loads_as_plain_activations(tmp_path):
 def test_gradient_checkpointing_is_refused_for_prefix_layer():
     model, fam = tiny("gpt2")
     prepare(model, method_config(VARIANTS["layer"]), fam)
-    model.gradient_checkpointing_enable()
+    enable_checkpointing(model)
     model.train()
     with pytest.raises(ConfigError, match="gradient checkpointing"):
         model(input_ids=batch()[0])

@@ -208,6 +208,25 @@ def test_markdown_latex_and_cli(tmp_path: Path, table2_records, capsys):
     assert "unknown table 'nope'" in capsys.readouterr().err
 
 
+def test_tables_and_collect_say_which_environment_made_the_numbers(tmp_path: Path, capsys):
+    old, new = ({"torch": "2.13.0+cpu", "transformers": v} for v in ("5.23.0", "5.25.0"))
+    recs = [dict(rec("roberta-base", "sst2", LORA, s, 95.0), environment=old) for s in range(3)]
+    one = tables.build("table2", experiments=["x"], results_dir=_write(tmp_path, recs))
+    assert one.notes[-1] == "environment: torch 2.13.0+cpu, transformers 5.23.0 (all 3 runs)"
+    recs.append(dict(rec("roberta-base", "sst2", LORA, 3, 95.0), environment=new))
+    mixed = tables.build("table2", experiments=["x"], results_dir=_write(tmp_path, recs))
+    assert mixed.notes[-1] == (
+        "MIXED environments: torch 2.13.0+cpu, transformers 5.23.0 (3 runs); "
+        "torch 2.13.0+cpu, transformers 5.25.0 (1 runs)"
+    )
+    assert "MIXED environments" in mixed.markdown() and "MIXED environments" in mixed.latex()
+
+
+def _write(tmp_path: Path, recs: list[dict]) -> Path:
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return tmp_path
+
+
 def test_lr_sweep_table_marks_each_rows_best_lr():
     recs = []
     # LoRA: 1e-3 best (median of two seeds 0.80, 0.84 = 82.0); BitFit: 3e-3 best; one failed run.

@@ -108,6 +108,7 @@ def test_run_learns_the_toy_task_and_records_the_best_epoch(tmp_path):
     }
     for key in ("python", "torch", "transformers", "device", "dtype", "git_sha", "slurm_job_id"):
         assert key in rec["environment"]
+    assert rec["environment"]["packages"]["transformers"] == rec["environment"]["transformers"]
 
 
 def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, monkeypatch):

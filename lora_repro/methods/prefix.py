@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lora_repro.errors import ConfigError, check_choice, check_positive
+from lora_repro.hf_compat import cache_in, checkpointing_enabled
 from lora_repro.methods.base import MethodConfig
 from lora_repro.methods.lora import layer_shape
 from lora_repro.models import FAMILIES, blocks
@@ -136,18 +137,14 @@ class PrefixTuning(nn.Module):
         self.inserted, self._last = 0, (0, 0)
         if not self.enabled:
             return (), kwargs
-        if (
-            self.is_layer
-            and module.training
-            and getattr(module, "is_gradient_checkpointing", False)
-        ):
+        if self.is_layer and module.training and checkpointing_enabled(module):
             # Recomputation in backward runs after the forward has ended, when the hooks are idle.
             raise ConfigError("prefix_layer cannot train with gradient checkpointing; turn it off")
         p = self.length
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:
             raise ConfigError("prefix tuning needs a 2-D attention mask (batch x tokens)")
-        past = kwargs.get("past_key_values")
+        past = cache_in(kwargs)  # `cache` from transformers 5.24, `past_key_values` before
         pos = kwargs.get("position_ids")
         ids, embeds = kwargs.get("input_ids"), kwargs.get("inputs_embeds")
         done = past.get_seq_length() if past is not None else 0
