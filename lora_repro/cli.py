@@ -1,6 +1,9 @@
-"""`lora-repro <command> [hydra overrides]`: the only place Hydra's DictConfig appears.
+"""`lora-repro <command> ...`: the entry point, and the top of the import graph (nothing imports it).
 
-Each command composes the config from conf/, converts it once to typed dataclasses, and runs.
+`train` and `count` compose a run config from conf/ with Hydra overrides (compose.py) and convert it
+once to typed dataclasses; every other command parses its own flags (argparse) and dispatches to the
+package that owns it: weights/ (saved adapters), nlg/ (decode, score), analysis/ (§7, tables),
+bench/.
 """
 
 from __future__ import annotations
@@ -10,60 +13,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from lora_repro.compose import CONF_DIR, check_overrides, compose
 from lora_repro.errors import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def compose(overrides: list[str], config_name: str = "config") -> Any:
-    """Compose conf/ with Hydra overrides; unknown group options become one-line ConfigErrors."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=overrides)
-    except HydraException as exc:
-        check_overrides(overrides)
-        bad = [ov for ov in overrides if f"'{ov.partition('=')[0]}'" in str(exc)]
-        if bad and "Could not override" in str(exc):  # a key the composed config lacks
-            key = bad[0].partition("=")[0]
-            parent = key.rpartition(".")[0]
-            rest = [ov for ov in overrides if ov not in bad]
-            node = compose(rest, config_name)
-            valid = sorted((OmegaConf.select(node, parent) if parent else node).keys())
-            raise ConfigError(
-                f"unknown key {key!r}; valid in {parent or 'root'}: {valid} (new keys: +{key}=...)"
-            ) from None
-        lines = str(exc).splitlines()
-        hint = next((ln for ln in lines[1:] if ln.startswith("To append")), "")
-        raise ConfigError(" ".join([lines[0], hint]).strip()) from None
-
-
-def group_options(group: str) -> list[str]:
-    """Options of a config group, nested ones as `sub/name` (train=roberta-base/mrpc)."""
-    root = CONF_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """One-line errors for unknown group options (`model=nope`), before Hydra's multi-line ones.
-    Sweep lists (`method=lora,bitfit`) are checked value by value."""
-    for ov in overrides:
-        if ov.startswith("-") or "=" not in ov:
-            continue
-        key, _, value = ov.lstrip("+~").partition("=")
-        if not (CONF_DIR / key).is_dir() or "(" in value or "hydra" in key:
-            continue
-        valid = group_options(key)
-        for option in value.split(","):
-            if option not in valid and option != "null":
-                raise ConfigError(f"unknown {key} {option!r}; valid: {', '.join(valid)}")
 
 
 def _summary(rec: dict[str, Any]) -> str:
@@ -132,48 +85,39 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_count(argv: list[str]) -> int:
     """Build the model on the meta device, apply the method, print parameter counts as JSON."""
-    from omegaconf import OmegaConf
+    from lora_repro.count import count
 
-    from lora_repro.methods import count_params, method_config, prepare
-    from lora_repro.models import ModelConfig, load_model
-
-    cfg = OmegaConf.to_container(compose(argv), resolve=True)
-    model_cfg = ModelConfig(**cfg["model"])
-    method = method_config(cfg["method"])
-    model = load_model(model_cfg, cfg["head"], cfg["num_labels"], device="meta")
-    prepare(model, method, model_cfg.family)
-    out = {"model": model_cfg.name, "method": method.name, **count_params(model, model_cfg.family)}
-    print(json.dumps(out))
+    print(json.dumps(count(argv)))
     return 0
 
 
 def cmd_adapter(argv: list[str]) -> int:
-    """Saved adapters (lora_repro.adapter_cli): info, merge, export-peft, combine; each has --help."""
-    from lora_repro.adapter_cli import cmd_adapter as run
+    """Saved adapters (lora_repro.weights.cli): info, merge, export-peft, combine; each has --help."""
+    from lora_repro.weights.cli import cmd_adapter as run
 
     return run(argv)
 
 
 def cmd_generate(argv: list[str]) -> int:
-    """Decode and score a trained NLG run (lora_repro.generate): --run-dir DIR [--adapter FILE]
+    """Decode and score a trained NLG run (lora_repro.nlg.generate): --run-dir DIR [--adapter FILE]
     [--split test] [--limit N] [--batch-size 8] [--device auto|cpu|cuda] [--beam-size K]
     [--length-penalty LP] [--no-repeat-ngram-size N] [--max-new-tokens T] [--metrics BLEU,NIST,...]"""
-    from lora_repro.generate import cmd_generate as run
+    from lora_repro.nlg.generate import cmd_generate as run
 
     return run(argv)
 
 
 def cmd_score(argv: list[str]) -> int:
-    """Score NLG outputs against references (lora_repro.score): --task e2e|webnlg|dart --refs FILE
+    """Score NLG outputs against references (lora_repro.nlg.score): --task e2e|webnlg|dart --refs FILE
     (repeatable) --hyps FILE [--metrics ...] [--out scores.json]"""
-    from lora_repro.score import cmd_score as run
+    from lora_repro.nlg.score import cmd_score as run
 
     return run(argv)
 
 
 def cmd_analyze(argv: list[str]) -> int:
     """§7 analyses of trained adapters: `lora-repro analyze subspace|spectrum|amplification -h`."""
-    from analysis.cli import main as analyze  # the one seam where lora_repro touches analysis
+    from lora_repro.analysis.cli import main as analyze
 
     return analyze(argv)
 
@@ -189,14 +133,14 @@ def cmd_collect(argv: list[str]) -> int:
 def cmd_tables(argv: list[str]) -> int:
     """Rebuild a paper table from results/ alone, Markdown and LaTeX, cells "ours (paper)":
     lora-repro tables <table>|all [experiments=a,b] [results_dir=results] [out_dir=results/tables]"""
-    from analysis.tables import main as tables  # a CLI seam: lora_repro never imports analysis
+    from lora_repro.analysis.tables import main as tables
 
     return tables(argv)
 
 
 def cmd_bench(argv: list[str]) -> int:
     """Parameters, step time, memory, checkpoint bytes and latency per method (lora_repro.bench)."""
-    from lora_repro.bench import main as bench
+    from lora_repro.bench.cli import main as bench
 
     return bench(argv)
 

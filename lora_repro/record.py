@@ -22,8 +22,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from lora_repro.atomic import write_atomic
 from lora_repro.config import RunConfig, TrainConfig
 from lora_repro.errors import ConfigError
+from lora_repro.paths import REPO
 
 # Keys that say where things are, how they are shown, or how memory is traded for time, but not what
 # is computed: changing them keeps a run's identity (a moved data folder must not orphan finished runs).
@@ -141,14 +143,6 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write via a temp file in the same folder and os.replace: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -253,7 +247,7 @@ def environment_label(record: dict[str, Any]) -> str:
 
 def git_sha() -> str | None:
     """The commit of the code that ran (with `-dirty` when it had local changes), or None."""
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10

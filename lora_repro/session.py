@@ -23,7 +23,7 @@ from lora_repro import record
 from lora_repro.config import RunConfig
 from lora_repro.distributed import on_main, seed_everything, setup_distributed
 from lora_repro.errors import ConfigError
-from lora_repro.generate import run_generation
+from lora_repro.nlg.generate import run_generation
 
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,7 +123,7 @@ class Session:
         """Start from a saved adapter's method tensors, never its task head: the paper starts MRPC,
         RTE and STS-B from the MNLI LoRA weights with a new head (§5.1, Table 9), and a head trained
         for other labels means nothing here even when the label count matches."""
-        from lora_repro.methods import state
+        from lora_repro.weights import state
 
         cfg = self.cfg
         try:
@@ -195,7 +195,7 @@ class Session:
 
     def save_adapter(self) -> None:
         """adapter.safetensors + adapter.json in the run folder (methods/state.py's format)."""
-        from lora_repro.methods import state
+        from lora_repro.weights import state
 
         cfg = self.cfg
         state.save_adapter(
@@ -204,7 +204,7 @@ class Session:
 
     def load_adapter(self) -> None:
         """Put the saved (best) weights back into the model, head included."""
-        from lora_repro.methods import state
+        from lora_repro.weights import state
 
         name = getattr(self.cfg.method, "adapter_name", None)
         state.load_adapter(self.model, self.folder, self.cfg.model.family, self.cfg.model, name)

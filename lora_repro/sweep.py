@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError
 from lora_repro.record import environment_label
 
@@ -155,10 +156,7 @@ def collect(experiment: str, runs_dir: str | Path = "runs", results_dir: str | P
     text = "".join(
         json.dumps(merged[k], sort_keys=True, default=str) + "\n" for k in sorted(merged)
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_atomic(out, text)
     counts = Counter(r.get("status", "?") for r in merged.values())
     counts["kept from before"] = len(kept)
     return out, counts, Counter(environment_label(r) for r in merged.values())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lora_repro.cli import compose
+from lora_repro.compose import compose
 from lora_repro.models import ModelConfig, load_model
 
 TINY = ["tiny-roberta", "tiny-bert", "tiny-deberta-v2", "tiny-gpt2"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_repro.paper_counts import ROWS, count, reconcile, rounds_to, table
+from lora_repro.analysis.paper_counts import ROWS, count, reconcile, rounds_to, table
 
 
 def adapter_formula(blocks: int, per_block: int, d: int, r: int, ln: bool = False) -> int:

@@ -16,11 +16,11 @@ import yaml
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from analysis.cli import main
-from analysis.runs import read_run, read_runs
-from analysis.weights import base_weights
-from lora_repro.cli import compose
+from lora_repro.analysis.base_weights import base_weights
+from lora_repro.analysis.cli import main
+from lora_repro.analysis.runs import read_run, read_runs
 from lora_repro.cli import main as lora_main
+from lora_repro.compose import compose
 from lora_repro.methods import lora, prepare
 from lora_repro.models import ModelConfig, load_model
 

@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.amplification import projection_norm, random_directions, table7, top_directions
-from analysis.spectrum import delta_svd, energy_rank, entropy_rank
-from analysis.subspace import phi, random_phi, singular_basis
+from lora_repro.analysis.amplification import (
+    projection_norm,
+    random_directions,
+    table7,
+    top_directions,
+)
+from lora_repro.analysis.spectrum import delta_svd, energy_rank, entropy_rank
+from lora_repro.analysis.subspace import phi, random_phi, singular_basis
 
 
 def orthonormal(n: int, m: int, seed: int) -> torch.Tensor:

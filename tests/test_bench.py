@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_repro import bench, bench_report
-from lora_repro import bench_measure as bm
-from lora_repro import bench_variants as bv
+from lora_repro.bench import cli as bench
+from lora_repro.bench import measure as bm
+from lora_repro.bench import report as bench_report
+from lora_repro.bench import variants as bv
 from lora_repro.cli import main
 from lora_repro.methods import count_params, prepare
 from lora_repro.methods.lora import lora_layers

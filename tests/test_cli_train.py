@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lora_repro.cli import CONF_DIR, compose, group_options, main
+from lora_repro.cli import main
+from lora_repro.compose import CONF_DIR, compose, group_options
 from lora_repro.config import RunConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"

@@ -242,7 +242,7 @@ def test_hub_rows_are_converted(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_task_configs_compose() -> None:
     from omegaconf import OmegaConf
 
-    from lora_repro.cli import compose
+    from lora_repro.compose import compose
     from lora_repro.config import RunConfig
 
     want = {"e2e": (0.1, 0.9), "webnlg": (0.1, 0.8), "dart": (0.0, 0.8)}  # Table 11

@@ -13,15 +13,16 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from lora_repro.cli import compose, main
+from lora_repro.cli import main
+from lora_repro.compose import compose
 from lora_repro.config import RunConfig
 from lora_repro.data import nlg
-from lora_repro.generate import run_generation
 from lora_repro.losses import lm_loss
 from lora_repro.methods import prepare
-from lora_repro.methods.state import save_adapter
 from lora_repro.metrics.nlg import java_available
 from lora_repro.models import load_model, tokenizer_source
+from lora_repro.nlg.generate import run_generation
+from lora_repro.weights.state import save_adapter
 
 FIX = Path(__file__).parent / "fixtures" / "nlg" / "e2e"
 METRICS = ["BLEU", "NIST", "ROUGE_L", "CIDEr"] if java_available() else ["BLEU", "NIST"]

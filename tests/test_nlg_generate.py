@@ -1,4 +1,4 @@
-"""Beam search (lora_repro.generate) against exhaustive search and a naive no-repeat-n-gram rule."""
+"""Beam search (lora_repro.nlg.generate) against exhaustive search and a naive no-repeat-n-gram rule."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from lora_repro.generate import BeamSettings, ban_repeated_ngrams, beam_search
+from lora_repro.nlg.generate import BeamSettings, ban_repeated_ngrams, beam_search
 
 EOS = 5
 

@@ -11,11 +11,11 @@ import yaml
 from transformers import DynamicCache
 
 from lora_repro.errors import ConfigError
-from lora_repro.generate import BeamSettings, beam_search
 from lora_repro.hf_compat import cache_kwarg, enable_checkpointing
 from lora_repro.methods import count_params, method_config, prepare
 from lora_repro.methods.prefix import init_from_tokens
 from lora_repro.models import ModelConfig, head_params, load_model
+from lora_repro.nlg.generate import BeamSettings, beam_search
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]
@@ -240,7 +240,7 @@ def test_reparam_materialize_keeps_outputs_and_drops_the_mlp():
 
 
 def test_materialized_prefix_saves_and_loads_as_plain_activations(tmp_path):
-    from lora_repro.methods.state import load_adapter, read_meta, save_adapter
+    from lora_repro.weights.state import load_adapter, read_meta, save_adapter
 
     model, fam = tiny("gpt2")
     cfg = method_config(VARIANTS["layer_reparam"])

@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lora_repro import record, sweep
-from lora_repro.cli import CONF_DIR
+from lora_repro.compose import CONF_DIR
 from lora_repro.config import RunConfig
 
 # preset -> runs it expands to (the README's index quotes these)

@@ -14,10 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from lora_repro.errors import ConfigError
 from lora_repro.methods import method_config, prepare
-from lora_repro.methods.combine import combine
-from lora_repro.methods.export import export_merged, export_peft
 from lora_repro.methods.lora import lora_layers
-from lora_repro.methods.state import (
+from lora_repro.models import ModelConfig, load_model
+from lora_repro.weights.combine import combine
+from lora_repro.weights.export import export_merged, export_peft
+from lora_repro.weights.state import (
     META,
     WEIGHTS,
     load_adapter,
@@ -26,7 +27,6 @@ from lora_repro.methods.state import (
     save_adapter,
     set_active,
 )
-from lora_repro.models import ModelConfig, load_model
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import results, tables
+from lora_repro.analysis import results, tables
 from lora_repro.cli import main
 
 

@@ -146,8 +146,8 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     assert meta["format_version"] == 1 and meta["num_labels"] == 2 and meta["task"] == "toy"
     assert meta["tensors"] == {n: list(t.shape) for n, t in tensors.items()}
 
-    from lora_repro.methods.state import load_adapter
     from lora_repro.session import Session
+    from lora_repro.weights.state import load_adapter
 
     cfg2 = toytask.config(tmp_path / "again", "train.lr=5e-3", "train.max_steps=null")
     s = Session(cfg2)

@@ -92,7 +92,7 @@ def config(runs_dir: Any, *overrides: str, task: str = "toy") -> Any:
     """A RunConfig composed from conf/ like the CLI does: the smoke preset on the toy task."""
     from omegaconf import OmegaConf
 
-    from lora_repro.cli import compose
+    from lora_repro.compose import compose
     from lora_repro.config import RunConfig
 
     base = [

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("lora_repro", "analysis", "hydra_plugins")
+PACKAGES = ("lora_repro", "hydra_plugins")
 
 
 def module_name(path: Path) -> str:

@@ -68,6 +68,7 @@ class SkipDoneSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
+        from lora_repro.atomic import write_atomic
 
         assert self.hydra_context is not None and self.launcher is not None
         assert self.config is not None
@@ -83,11 +84,7 @@ class SkipDoneSweeper(BasicSweeper):
             for p in planned:
                 log.info("  %-7s %s%s", p.state, p.run_id, f" (after {p.needs})" if p.needs else "")
             if self.plan_file is not None:
-                path = Path(self.plan_file)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(sweep.plan_lines(todo))
-                tmp.replace(path)
+                write_atomic(self.plan_file, sweep.plan_lines(todo))
                 log.info("wrote %d runs to %s", len(todo), self.plan_file)
             return []
 

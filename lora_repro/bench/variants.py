@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_repro.compose import CONF_DIR, values
 from lora_repro.methods import METHODS, method_config, prepare
 from lora_repro.methods.base import MethodConfig, select_layers
 from lora_repro.methods.lora import Config as LoRAConfig
@@ -26,26 +27,16 @@ from lora_repro.models import FAMILIES, ModelConfig, blocks, head_params
 SPECIAL = ("frozen", "peft_lora")
 
 
-def compose_values(overrides: list[str]) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    from lora_repro.cli import compose
-
-    return OmegaConf.to_container(compose(overrides), resolve=True)
-
-
 def model_config(name: str, overrides: list[str]) -> ModelConfig:
     """Full-size architecture from conf/model/<name>.yaml, always with random weights."""
-    values = compose_values([f"model={name}", *overrides])["model"]
-    return ModelConfig(**{**values, "init": "random"})
+    arch = values([f"model={name}", *overrides])["model"]
+    return ModelConfig(**{**arch, "init": "random"})
 
 
 @functools.cache
 def _method_values(name: str) -> dict[str, Any]:
-    from lora_repro.cli import CONF_DIR
-
     if (CONF_DIR / "method" / f"{name}.yaml").exists():
-        return compose_values([f"method={name}"])["method"]
+        return values([f"method={name}"])["method"]
     return {"name": name}
 
 

@@ -13,7 +13,6 @@ to the paper's GPT-3 numbers (separate columns or rows, never paired as if they 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import sys
 from collections.abc import Callable
@@ -23,12 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import results
-from analysis.results import Cell, Getter, fill, value
+from lora_repro.analysis import results
+from lora_repro.analysis.results import Cell, Getter, fill, value
+from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError, check_choice
+from lora_repro.paths import PAPER_DIR
 from lora_repro.sweep import parse_kv
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "experiments" / "paper"
 GLUE = {
     "mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA",
     "qnli": "QNLI", "qqp": "QQP", "rte": "RTE", "stsb": "STS-B",
@@ -351,10 +351,7 @@ def write(table: Table, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext, text in (("md", table.markdown()), ("tex", table.latex())):
-        path, tmp = out / f"{table.name}.{ext}", out / f".{table.name}.{ext}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        paths.append(path)
+        paths.append(write_atomic(out / f"{table.name}.{ext}", text))
     return paths
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+
+from lora_repro.atomic import write_atomic
 
 FIGURE_FORMATS = ("png", "pdf")
 
@@ -19,34 +18,18 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text.replace("=", "")).strip("-") or "run"
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_csv(df: pd.DataFrame, path: Path) -> Path:
-    return _atomic(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def write_text(text: str, path: Path) -> Path:
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_figure(fig: Figure, stem: Path) -> list[Path]:
     """`stem`.png (for a quick look) and `stem`.pdf (vector, for papers)."""
     return [
-        _atomic(
+        write_atomic(
             stem.with_suffix(f".{fmt}"),
             lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150),
         )

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
-from analysis.amplification import table7, top_directions
-from analysis.outputs import markdown_table, slug, write_csv, write_figure, write_text
-from analysis.runs import Run, read_runs
-from analysis.spectrum import delta_svd, energy_rank, entropy_rank
-from analysis.subspace import phi, random_phi
+from lora_repro.analysis import plots
+from lora_repro.analysis.amplification import table7, top_directions
+from lora_repro.analysis.outputs import markdown_table, slug, write_csv, write_figure, write_text
+from lora_repro.analysis.runs import Run, read_runs
+from lora_repro.analysis.spectrum import delta_svd, energy_rank, entropy_rank
+from lora_repro.analysis.subspace import phi, random_phi
 from lora_repro.errors import ConfigError
 
 LINES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")
@@ -230,7 +230,7 @@ def spectrum(args: argparse.Namespace) -> list[Path]:
 
 def amplification(args: argparse.Namespace) -> list[Path]:
     """Table 7: ‖Uᵀ W Vᵀ‖_F for U, V from ΔW, W and random; ‖ΔW‖_F; the amplification factor."""
-    from analysis.weights import base_weights
+    from lora_repro.analysis.base_weights import base_weights
 
     runs = read_runs(args.runs, args.adapter, args.labels)
     letters = _letters(runs, args.letters)

@@ -1,4 +1,4 @@
-"""`lora-repro analyze subspace|spectrum|amplification --runs DIR ...` (or `python -m analysis ...`):
+"""`lora-repro analyze subspace|spectrum|amplification --runs DIR ...` (or `python -m lora_repro.analysis ...`):
 the paper's §7 analyses of trained adapters, written as CSV (every number), figures (PNG + PDF) and,
 for Table 7, Markdown. Reads run directories; never trains."""
 
@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from analysis import reports
+from lora_repro.analysis import reports
 from lora_repro.errors import ConfigError
 
 log = logging.getLogger("analysis")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError
 from lora_repro.methods import METHODS, method_config, prepare
 from lora_repro.methods.base import MethodConfig
@@ -73,15 +73,6 @@ def model_shape(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def trainable_state(model: nn.Module, adapter: str | None = None) -> dict[str, torch.Tensor]:
     """Trainable tensors by parameter name; with `adapter`, other LoRA adapters' tensors are left out."""
     out = {}
@@ -104,11 +95,9 @@ def write_adapter(
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = replace(meta, tensors={k: list(v.shape) for k, v in state.items()})
-    _atomic_write(
-        directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"})
-    )
+    write_atomic(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     text = json.dumps(meta.to_dict(), indent=2) + "\n"
-    _atomic_write(directory / META, lambda p: p.write_text(text))
+    write_atomic(directory / META, lambda p: p.write_text(text))
     return directory
 
 

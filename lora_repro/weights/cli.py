@@ -23,8 +23,8 @@ def build_base(path: str, base: str | None = None) -> tuple[nn.Module, ModelConf
     """The adapter's base model with the adapter loaded. `base` (hub id, directory, pkg:) replaces the
     recorded pretrained source, e.g. when the base was saved somewhere else; then only the architecture
     is checked, not the name."""
-    from lora_repro.methods.state import load_adapter, read_meta
     from lora_repro.models import ModelConfig, load_model
+    from lora_repro.weights.state import load_adapter, read_meta
 
     meta = read_meta(path)
     cfg = ModelConfig(**meta.base)
@@ -40,7 +40,7 @@ def build_base(path: str, base: str | None = None) -> tuple[nn.Module, ModelConf
 
 
 def _info(args: argparse.Namespace) -> int:
-    from lora_repro.methods.state import WEIGHTS, read_meta, read_tensors
+    from lora_repro.weights.state import WEIGHTS, read_meta, read_tensors
 
     meta = read_meta(args.adapter)
     tensors = read_tensors(args.adapter, meta)  # also proves the file is whole
@@ -62,8 +62,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from lora_repro.methods.export import export_merged
     from lora_repro.models import tokenizer_source
+    from lora_repro.weights.export import export_merged
 
     model, cfg = build_base(args.adapter, args.base)
     tokenizer = None
@@ -79,8 +79,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export_peft(args: argparse.Namespace) -> int:
-    from lora_repro.methods.export import export_peft
-    from lora_repro.methods.state import read_meta
+    from lora_repro.weights.export import export_peft
+    from lora_repro.weights.state import read_meta
 
     meta = read_meta(args.adapter)
     model, cfg = build_base(args.adapter, args.base)
@@ -90,8 +90,8 @@ def _export_peft(args: argparse.Namespace) -> int:
 
 
 def _combine(args: argparse.Namespace) -> int:
-    from lora_repro.methods.combine import combine
-    from lora_repro.methods.state import AdapterMeta, read_meta, read_tensors, write_adapter
+    from lora_repro.weights.combine import combine
+    from lora_repro.weights.state import AdapterMeta, read_meta, read_tensors, write_adapter
 
     metas = [read_meta(p) for p in args.adapters]
     weights = args.weights or [1.0] * len(metas)

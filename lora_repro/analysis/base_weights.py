@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from analysis.runs import Run
+from lora_repro.analysis.runs import Run
 from lora_repro.errors import ConfigError
 from lora_repro.models import FAMILIES, MODEL_TYPES, ModelConfig, load_model
 
@@ -34,12 +34,9 @@ def model_config(run: Run, spec: str | None = None) -> ModelConfig:
                 f"{spec}: model_type {model_type!r} unsupported; valid: {', '.join(MODEL_TYPES)}"
             )
         return ModelConfig(name=Path(spec).name, family=MODEL_TYPES[model_type], pretrained=spec)
-    from omegaconf import OmegaConf
+    from lora_repro.compose import values
 
-    from lora_repro.cli import compose
-
-    values = OmegaConf.to_container(compose([f"model={spec}"]), resolve=True)["model"]
-    return _pretrained_only(ModelConfig(**values))
+    return _pretrained_only(ModelConfig(**values([f"model={spec}"])["model"]))
 
 
 def _pretrained_only(cfg: ModelConfig) -> ModelConfig:

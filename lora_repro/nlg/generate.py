@@ -208,9 +208,9 @@ def run_generation(
     the scores (`metrics`: a subset of the task's, default all). Files: `<split>.jsonl` (context, prediction, references), `<split>.hyp.txt` and
     `<split>.ref.txt` (e2e-metrics layout: one reference per line, a blank line between inputs, so the
     official scripts can re-score them) and `<split>.scores.json`."""
+    from lora_repro.atomic import write_atomic
     from lora_repro.data.nlg import eos_token_id, generation_set
     from lora_repro.metrics.nlg import score_task
-    from lora_repro.record import write_atomic
 
     split = task.generate_split
     inputs = generation_set(task, tokenizer, split)
@@ -239,8 +239,8 @@ def cmd_generate(argv: list[str]) -> int:
 
     from lora_repro.config import RunConfig
     from lora_repro.errors import ConfigError
-    from lora_repro.methods.state import load_adapter
     from lora_repro.models import load_model, tokenizer_source
+    from lora_repro.weights.state import load_adapter
 
     ap = argparse.ArgumentParser(prog="lora-repro generate", description=cmd_generate.__doc__)
     ap.add_argument(

@@ -28,7 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError, check_choice, check_positive
+from lora_repro.paths import REPO
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def run_worker(spec: dict, workdir: Path) -> dict:
     out = workdir / f"job-{uuid.uuid4().hex}.json"  # unique: memory workers may run concurrently
     spec = {**spec, "result": str(out)}
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # import this checkout's lora_repro
+    root = str(REPO)  # import this checkout's lora_repro
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -146,7 +148,7 @@ def run_worker(spec: dict, workdir: Path) -> dict:
 
 
 def _one(spec: dict) -> int:
-    from lora_repro import bench_measure as m
+    from lora_repro.bench import measure as m
 
     jobs = {"train": m.time_training, "memory": m.measure_memory, "latency": m.time_latency}
     try:
@@ -154,9 +156,7 @@ def _one(spec: dict) -> int:
     except Exception as exc:  # recorded by the parent (e.g. out of memory), never lost
         log.exception("job failed")
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    tmp = Path(spec["result"] + ".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, spec["result"])
+    write_atomic(spec["result"], json.dumps(result))
     return 0
 
 
@@ -186,7 +186,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
             ["git", "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
-            cwd=Path(__file__).parent,
+            cwd=REPO,
             check=True,
         ).stdout.strip()
         env["git_sha"] = sha
@@ -197,10 +197,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
 
 def _checkpoint(record: dict[str, Any], out: Path) -> None:
     """Rows so far, so that hours of measurements survive an interrupted run (removed at the end)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "bench.partial.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, out / "bench.partial.json")
+    write_atomic(out / "bench.partial.json", json.dumps(record, indent=1) + "\n")
 
 
 def _head(args: argparse.Namespace, family: str) -> str:
@@ -208,9 +205,9 @@ def _head(args: argparse.Namespace, family: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Every job of the benchmark, assembled into one record (bench_report adds ratios/targets)."""
-    from lora_repro.bench_measure import median
-    from lora_repro.bench_variants import SPECIAL, model_config, registered_methods
+    """Every job of the benchmark, assembled into one record (bench.report adds ratios/targets)."""
+    from lora_repro.bench.measure import median
+    from lora_repro.bench.variants import SPECIAL, model_config, registered_methods
     from lora_repro.methods import METHODS
 
     valid = registered_methods()
@@ -290,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=fmt)
     if args.one is not None:
         return _one(json.loads(args.one))
-    from lora_repro import bench_report
+    from lora_repro.bench import report as bench_report
 
     record = run(args)
     bench_report.finish(record)
@@ -299,11 +296,3 @@ def main(argv: list[str] | None = None) -> int:
     print(bench_report.markdown(record))
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -3,14 +3,11 @@ Tables 2 and 3, on the full-size architecture, as computed by `lora-repro count`
 
 Counts are linear in the searched size (bottleneck r or prefix length l), so two counts fix the line;
 every size whose count rounds to the printed figure is a match, and a third count at the chosen size
-confirms it. `python -m lora_repro.paper_counts` prints the markdown table.
+confirms it. `python -m lora_repro.analysis.paper_counts` prints the markdown table.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from dataclasses import dataclass
 
 # (paper table, model, paper method, printed M, our method, searched key or None, note)
@@ -42,15 +39,12 @@ ROWS = [
 
 def count(model: str, method: str, **values) -> int:
     """`lora-repro count model=... method=... method.key=value`: the paper's |Θ| (head excluded)."""
-    from lora_repro.cli import cmd_count
+    from lora_repro.count import count as count_config
 
     head = "lm" if model.startswith("gpt2") else "classification"
     argv = [f"model={model}", f"method={method}", f"head={head}"]
     argv += [f"method.{k}={v}" for k, v in values.items()]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        cmd_count(argv)
-    return json.loads(buf.getvalue())["method_params"]
+    return count_config(argv)["method_params"]
 
 
 @dataclass

@@ -87,7 +87,7 @@ def cmd_score(argv: list[str]) -> int:
         raise ConfigError(str(exc)) from None
     text = json.dumps(scores)
     if args.out:
-        from lora_repro.record import write_atomic
+        from lora_repro.atomic import write_atomic
 
         write_atomic(Path(args.out), text + "\n")
     print(text)

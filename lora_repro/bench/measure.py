@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lora_repro.bench_variants import (
+from lora_repro.bench.variants import (
     build_variant,
     checkpoint_bytes,
     latency_variants,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from lora_repro.atomic import write_atomic
 
 # The targets the bench prints (never asserted: timings depend on the machine).
 # (name, numerator, denominator, quantity, threshold)
@@ -255,17 +256,11 @@ def plot(record: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write(record: dict[str, Any], out: Path) -> list[Path]:
     """bench.json, bench.md and bench.png under `out`, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "bench.json", out / "bench.md", out / "bench.png"]
-    _atomic(paths[0], lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
-    _atomic(paths[1], lambda p: p.write_text(markdown(record)))
-    _atomic(paths[2], lambda p: plot(record, p))
+    write_atomic(paths[0], lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
+    write_atomic(paths[1], lambda p: p.write_text(markdown(record)))
+    write_atomic(paths[2], lambda p: plot(record, p))
     return paths
