@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Rebuild every committed artifact of the CPU mini study (issue #9) from its runs: results/mini*.jsonl,
-# the tables in results/tables/mini/, the §7 figures in results/figures/mini/, and the README blocks
-# between <!-- mini:NAME --> markers. Trains nothing; run it after the four `train -m` commands.
+# the tables in results/tables/mini/, the §7 figures in results/figures/mini/, and the study README blocks
+# between <!-- mini:NAME --> markers of experiments/mini/README.md. Trains nothing; run it after the four `train -m` commands.
 #   bash experiments/mini_report.sh        (from the repository root, with the venv active)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 for e in mini_lr mini mini_rank mini_matrices; do lora-repro collect "$e"; done
-T="out_dir=results/tables/mini"
-lora-repro tables lr experiments=mini_lr "$T"
-lora-repro tables table2 experiments=mini "$T"
-lora-repro tables params experiments=mini "$T"
-lora-repro tables table6 experiments=mini_rank "$T"
-lora-repro tables table5 experiments=mini_matrices "$T"
+T="--out-dir=results/tables/mini"
+lora-repro tables lr --experiments mini_lr "$T"
+lora-repro tables table2 --experiments mini "$T"
+lora-repro tables params --experiments mini "$T"
+lora-repro tables table6 --experiments mini_rank "$T"
+lora-repro tables table5 --experiments mini_matrices "$T"
 
 # §7 on SST-2 (LoRA on Wq, Wv, α = 8). Different seeds for r=8 vs r=64: with one seed the first
 # adapted matrix's initial A at r=8 is the first 8 rows of r=64's (README, Analysis).
@@ -31,13 +31,13 @@ python - <<'EOF'
 import re
 from pathlib import Path
 
-readme = Path("README.md")
+readme = Path("experiments/mini/README.md")
 text = readme.read_text()
 for name in ("table2", "table5", "table6"):
     table = Path(f"results/tables/mini/{name}.md").read_text()
     rows = "\n".join(line for line in table.splitlines() if line.startswith("|"))
     pattern = rf"(<!-- mini:{name} -->\n)(?:.*?\n)?(<!-- /mini:{name} -->)"
     text, n = re.subn(pattern, lambda m: m.group(1) + rows + "\n" + m.group(2), text, flags=re.S)
-    print(f"README: {name} {'refreshed' if n else 'has no marker, left alone'}")
+    print(f"experiments/mini/README.md: {name} {'refreshed' if n else 'has no marker, left alone'}")
 readme.write_text(text)
 EOF

@@ -1,9 +1,9 @@
 """`lora-repro <command> ...`: the entry point, and the top of the import graph (nothing imports it).
 
-`train` and `count` compose a run config from conf/ with Hydra overrides (compose.py) and convert it
-once to typed dataclasses; every other command parses its own flags (argparse) and dispatches to the
-package that owns it: weights/ (saved adapters), nlg/ (decode, score), analysis/ (§7, tables),
-bench/.
+Two grammars, one per kind of command: `train` and `count` compose a run config from conf/ with Hydra
+overrides (compose.py) and convert it once to typed dataclasses; every other command takes argparse
+flags (`--runs-dir DIR`) and dispatches to the package that owns it: weights/ (saved adapters),
+nlg/ (decode, score), analysis/ (§7, tables), bench/.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def cmd_analyze(argv: list[str]) -> int:
 
 def cmd_collect(argv: list[str]) -> int:
     """Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl (sorted, diffable):
-    lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]"""
+    lora-repro collect EXPERIMENT [--runs-dir runs] [--results-dir results] [--fresh]"""
     from lora_repro.sweep import collect_main
 
     return collect_main(argv)
@@ -132,7 +132,7 @@ def cmd_collect(argv: list[str]) -> int:
 
 def cmd_tables(argv: list[str]) -> int:
     """Rebuild a paper table from results/ alone, Markdown and LaTeX, cells "ours (paper)":
-    lora-repro tables <table>|all [experiments=a,b] [results_dir=results] [out_dir=results/tables]"""
+    lora-repro tables TABLE|all [--experiments a,b] [--results-dir results] [--out-dir DIR]"""
     from lora_repro.analysis.tables import main as tables
 
     return tables(argv)
@@ -184,14 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    # key=value commands print their docstring (count also its composed config); train is Hydra's
-    # own help, and the argparse commands (adapter, generate, score, analyze, bench) their own.
-    if rest and rest[0] in ("-h", "--help") and command in ("count", "collect", "tables"):
-        print((COMMANDS[command].__doc__ or "").strip())
-        if command == "count":
-            from omegaconf import OmegaConf
+    # count prints its docstring and the composed config; train shows Hydra's own help, and every
+    # other command its argparse help.
+    if rest and rest[0] in ("-h", "--help") and command == "count":
+        from omegaconf import OmegaConf
 
-            print("\n" + OmegaConf.to_yaml(compose(rest[1:])))
+        print((COMMANDS[command].__doc__ or "").strip())
+        print("\n" + OmegaConf.to_yaml(compose(rest[1:])))
         return 0
     try:
         return COMMANDS[command](rest)

@@ -40,7 +40,7 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
 
 
 def group_options(group: str) -> list[str]:
-    """Options of a config group, nested ones as `sub/name` (train=roberta-base/mrpc)."""
+    """Options of a config group, nested ones as `sub/name` (recipe=roberta-base/mrpc)."""
     root = CONF_DIR / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
 

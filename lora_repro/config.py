@@ -100,7 +100,7 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop's hyperparameters (paper per-task values live in conf/train/)."""
+    """The loop's hyperparameters (paper per-task values live in conf/recipe/)."""
 
     lr: float = 5e-4
     batch_size: int = 16
@@ -160,8 +160,8 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    """Everything one training run depends on. Its identity (record.config_hash) is this minus the
-    keys that only say where things are or how they are shown (record.NON_IDENTITY)."""
+    """Everything one training run depends on. Its identity (identity.config_hash) is this minus the
+    keys that only say where things are or how they are shown (identity.NON_IDENTITY)."""
 
     model: ModelConfig
     task: TaskConfig

@@ -1,10 +1,14 @@
-"""Processes and seeds for one run: torchrun's environment -> (rank, world, device), rank-0-only
-decisions shared with every rank, and the seeds that make a run repeatable."""
+"""Processes and seeds for one run: torchrun's environment -> a Runtime (rank, world, device,
+compute dtype), rank-0-only decisions shared with every rank, and the seeds that make a run
+repeatable."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +16,41 @@ import torch
 import torch.distributed as dist
 
 from lora_repro.errors import ConfigError
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process computes: its rank among `world` processes, its device, and the autocast
+    dtype of train.precision (float32: no autocast)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def start(cls, device: str, precision: str) -> Runtime:
+        rank, world, dev = setup_distributed(device)
+        dtype = DTYPES[precision]
+        if dev.type != "cuda" and dtype != torch.float32:
+            log.warning("train.precision=%s needs a GPU; training in fp32", precision)
+            dtype = torch.float32
+        return cls(rank, world, dev, dtype)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def autocast(self) -> Any:
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:

@@ -46,3 +46,20 @@ def lm_loss(
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
+
+
+def loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, head: str, smoothing: float
+) -> torch.Tensor:
+    """Summed loss of a micro-batch: CE for classes, MSE for one regression output (STS-B), shifted
+    CE for language modelling."""
+    if head == "lm":
+        return lm_loss(logits, labels, smoothing, reduction="sum")
+    if logits.shape[-1] == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum")
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
+
+
+def n_targets(example: dict, head: str) -> int:
+    """What the loss averages over: examples, or for LM the labelled tokens after the shift."""
+    return sum(1 for t in example["labels"][1:] if t != IGNORE_INDEX) if head == "lm" else 1

@@ -47,9 +47,13 @@ class Family:
     # Path from `model.base_model` to the module whose output holds the per-position hidden states before
     # any pooling ("" = the base model itself); prefix tuning drops its positions from that output.
     sequence_out: str = ""
+    # The transformers config key of the classification head's dropout (train.classifier_dropout,
+    # Table 10's DeBERTa cls_dropout); None: the head has no dropout (GPT-2's `score` is one Linear).
+    head_dropout_key: str | None = "classifier_dropout"
+    default_head: str = "classification"  # what the paper trains this family for (bench's default)
 
 
-def _encoder(proj: str) -> Family:
+def _encoder(proj: str, head_dropout_key: str = "classifier_dropout") -> Family:
     """BERT, RoBERTa and DeBERTa-v2 blocks share one layout; only the q/k/v projections' names differ
     (`query` vs `query_proj`). The pooler is part of the task head in all three:
     - BERT's pooler (dense + tanh on [CLS]) feeds the classifier: it is the head's dense layer, as
@@ -73,6 +77,7 @@ def _encoder(proj: str) -> Family:
         ffn_out="output.dropout",
         attn_out="attention.output.dropout",
         sequence_out="encoder",
+        head_dropout_key=head_dropout_key,
     )
 
 
@@ -82,7 +87,7 @@ _BERT = _encoder("")  # RoBERTa is BERT's architecture, retrained: same module n
 FAMILIES: dict[str, Family] = {
     "roberta": _BERT,
     "bert": _BERT,
-    "deberta-v2": _encoder("_proj"),
+    "deberta-v2": _encoder("_proj", head_dropout_key="cls_dropout"),
     "gpt2": Family(
         blocks="h",
         targets={
@@ -98,6 +103,8 @@ FAMILIES: dict[str, Family] = {
         attention="attn",
         ffn_out="mlp.dropout",
         attn_out="attn.resid_dropout",
+        head_dropout_key=None,
+        default_head="lm",  # Table 3: E2E, WebNLG, DART
     ),
 }
 

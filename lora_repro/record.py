@@ -1,146 +1,24 @@
-"""A run's identity, folder and record.
+"""A run's record: result.json, the typed RunRecord (written here only, read by analysis), plus the
+history.jsonl it accumulates and the environment it ran in.
 
-The folder is derived from the config (no timestamps), so relaunching a sweep fills holes and never
-duplicates: runs/<experiment>/<model>/<task>/<method tag>/<hyperparameter tag>/s<seed>/. The tags name
-the usual swept keys; the config hash covers everything that changes results, so two configs that
-differ only in a key missing from the folder name are caught rather than mixed up.
-
-`result.json` is written once per attempt, atomically (temp file + os.replace), with status success |
-failed | oom (peft's method_comparison records failures as results too).
+`result.json` is written once per attempt, atomically, with status success | failed | oom (peft's
+method_comparison records failures as results too).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lora_repro.atomic import write_atomic
-from lora_repro.config import RunConfig, TrainConfig
-from lora_repro.errors import ConfigError
 from lora_repro.paths import REPO
-
-# Keys that say where things are, how they are shown, or how memory is traded for time, but not what
-# is computed: changing them keeps a run's identity (a moved data folder must not orphan finished runs).
-# Gradient accumulation splits the same global batch (train.py), so it is a memory knob too.
-NON_IDENTITY = {
-    "runs_dir": None,
-    "logging": None,
-    "cluster": None,
-    "task": ("data_dir", "source", "generate_metrics"),  # which scores are reported, not computed
-    "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum"),
-}  # fmt: skip
-
-# Short names for the folder tags; a field shows when it is always shown or differs from its default.
-METHOD_ABBR = {
-    "targets": "",
-    "r": "r",
-    "alpha": "a",
-    "k": "k",
-    "dropout": "do",
-    "init": "",
-    "ranks": "r",
-}
-METHOD_ALWAYS = ("targets", "r", "alpha", "k")
-TRAIN_ABBR = {
-    "lr": "lr", "batch_size": "bs", "epochs": "ep", "max_steps": "steps", "weight_decay": "wd",
-    "warmup_ratio": "wr", "warmup_steps": "ws", "max_grad_norm": "clip", "precision": "",
-    "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init",
-}  # fmt: skip
-TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls"}
-TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "-".join(map(str, value))
-    if isinstance(value, dict):
-        return "".join(f"{k}{v}" for k, v in sorted(value.items()))
-    return str(value)
-
-
-def _part(key: str, abbr: dict[str, str], value: Any) -> str:
-    if key == "init_from":  # a path: its short hash keeps the folder name small and stable
-        return "init" + hashlib.sha256(str(value).encode()).hexdigest()[:8]
-    prefix = abbr.get(key, key)
-    return prefix + _fmt(value) if not isinstance(value, bool) or value else f"no{key}"
-
-
-def method_tag(cfg: RunConfig) -> str:
-    """e.g. `lora_qv_r8_a8`, `lora_qv_r8_a8_do0.1`, `bitfit`, `full_topk_k2`."""
-    defaults = type(cfg.method)()
-    parts = [cfg.method.name]
-    for f in fields(cfg.method):
-        if f.name in ("name", "adapter_name"):
-            continue
-        value = getattr(cfg.method, f.name)
-        if f.name in METHOD_ALWAYS or value != getattr(defaults, f.name):
-            parts.append(_part(f.name, METHOD_ABBR, value))
-    return "_".join(parts)
-
-
-def hparam_tag(cfg: RunConfig) -> str:
-    """e.g. `lr0.0005_bs16_ep60`; other training and task keys join when they differ from defaults."""
-    t, defaults = cfg.train, TrainConfig()
-    skip = set(NON_IDENTITY["train"])
-    length = f"steps{t.max_steps}" if t.max_steps is not None else f"ep{_fmt(float(t.epochs))}"
-    parts = [f"lr{_fmt(float(t.lr))}", f"bs{t.batch_size}", length]
-    for f in fields(t):
-        if f.name in skip or f.name in ("lr", "batch_size", "epochs", "max_steps"):
-            continue
-        value = getattr(t, f.name)
-        if value != getattr(defaults, f.name):
-            parts.append(_part(f.name, TRAIN_ABBR, value))
-    for key, default in TASK_DEFAULTS.items():
-        value = getattr(cfg.task, key)
-        if value != default:
-            parts.append(_part(key, TASK_ABBR, value))
-    return "_".join(parts)
-
-
-def run_id(cfg: RunConfig) -> str:
-    return "/".join(
-        [
-            cfg.experiment,
-            cfg.model.name,
-            cfg.task.name,
-            method_tag(cfg),
-            hparam_tag(cfg),
-            f"s{cfg.seed}",
-        ]
-    )
-
-
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.runs_dir) / run_id(cfg)
-
-
-def identity(cfg: RunConfig) -> dict[str, Any]:
-    """The config minus NON_IDENTITY keys: what the hash covers."""
-    out = asdict(cfg)
-    for key, sub in NON_IDENTITY.items():
-        if sub is None:
-            out.pop(key, None)
-        else:
-            for name in sub:
-                out[key].pop(name, None)
-    return out
-
-
-def config_hash(cfg: RunConfig) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -150,35 +28,90 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def prior_state(folder: Path, chash: str) -> str:
-    """What the folder holds for this config: `new`, `done` (an identical finished run: skip), or
-    `resume` (an unfinished or failed attempt of the same config: continue from its checkpoint).
-    A different config in the same folder is an error: a swept key is missing from the folder name."""
-    result = read_json(folder / "result.json")
-    held = (result or {}).get("config_hash") or _hash_in_config_yaml(folder / "config.yaml")
-    if held is not None and held != chash:
-        raise ConfigError(
-            f"{folder} holds a run of a different config (hash {held}, this one {chash}); a key that "
-            f"differs is missing from the folder name: set experiment=<new name> or remove the folder"
-        )
-    if result is not None and result.get("status") == "success":
-        return "done"
-    return "resume" if folder.exists() else "new"
+# --- the typed record ------------------------------------------------------------------------------
+# Schema 1: records written before the typed RunRecord (no `schema` key), with the same fields;
+# the oldest of them kept NLG scores under metrics.generation (now they join metrics.best).
+SCHEMA = 2
 
 
-def _hash_in_config_yaml(path: Path) -> str | None:
-    try:
-        first = path.read_text().splitlines()[0]
-    except (FileNotFoundError, IndexError):
-        return None
-    return first.split(":", 1)[1].strip() if first.startswith("# config_hash:") else None
+@dataclass
+class RunInfo:
+    id: str | None = None  # <experiment>/<model>/<task>/<method tag>/<hparam tag>/s<seed>
+    experiment: str | None = None
+    folder: str | None = None
+    started: str | None = None  # ISO time, UTC
+    wall_time_s: float | None = None
+    resumed_from_step: int | None = None
 
 
-def write_config(folder: Path, cfg: RunConfig, chash: str) -> None:
-    import yaml
+@dataclass
+class TaskInfo:
+    name: str | None = None
+    version: str | None = None  # bumped whenever data handling or scoring changes
+    train_size: int | None = None
+    eval_sizes: dict[str, int] | None = None
 
-    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    write_atomic(folder / "config.yaml", f"# config_hash: {chash}\n{body}")
+
+@dataclass
+class Metrics:
+    primary_metric: str | None = None  # `<split>/<metric>`, the record's headline number
+    selected_by: str | None = None  # the evaluation that chose the best epoch
+    primary: float | None = None
+    best_step: int | None = None
+    best_epoch: float | None = None
+    best: dict[str, float] = field(default_factory=dict)  # the best evaluation's `<split>/<name>`
+    final: dict[str, float] = field(default_factory=dict)  # the last evaluation's
+    generation: dict[str, Any] | None = None  # schema 1 only (see SCHEMA)
+
+
+@dataclass
+class Cost:
+    trainable_params: int | None = None
+    method_params: int | None = None  # the paper's |Θ|: trainable without the task head
+    head_params: int | None = None
+    total_params: int | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None  # cuda_max_allocated | cpu_max_rss
+    steps: int | None = None
+    train_time_s: float | None = None
+    tokens_per_s: float | None = None
+    wall_time_s: float | None = None
+    cpu_time_s: float | None = None  # this process's CPU time: a shared machine inflates wall time
+    adapter_bytes: int | None = None
+
+
+@dataclass
+class RunRecord:
+    status: str  # success | failed | oom
+    error: str | None = None
+    run: RunInfo = field(default_factory=RunInfo)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved RunConfig
+    config_hash: str | None = None
+    task: TaskInfo = field(default_factory=TaskInfo)
+    metrics: Metrics = field(default_factory=Metrics)
+    cost: Cost = field(default_factory=Cost)
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, device, dtype, host
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["metrics"]["generation"] is None:
+            del out["metrics"]["generation"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Any schema's record (missing fields default; fields this schema lacks are dropped)."""
+        parts = {"run": RunInfo, "task": TaskInfo, "metrics": Metrics, "cost": Cost}
+        values: dict[str, Any] = {"schema": data.get("schema", 1)}
+        for f in fields(cls):
+            if f.name in data and f.name != "schema":
+                values[f.name] = data[f.name]
+        for name, kind in parts.items():
+            known = {f.name for f in fields(kind)}
+            values[name] = kind(**{k: v for k, v in (data.get(name) or {}).items() if k in known})
+        values["status"] = data.get("status") or "unknown"
+        return cls(**values)
 
 
 class History:
@@ -239,9 +172,9 @@ def environment(device: Any, dtype: str, world_size: int) -> dict[str, Any]:
     }
 
 
-def environment_label(record: dict[str, Any]) -> str:
+def environment_label(record: RunRecord | dict[str, Any]) -> str:
     """The environment that produced a record, as tables and `collect` print it."""
-    env = record.get("environment") or {}
+    env = record.environment if isinstance(record, RunRecord) else record.get("environment") or {}
     return f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}"
 
 
@@ -267,5 +200,6 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def write_result(folder: Path, record: dict[str, Any]) -> None:
-    write_atomic(folder / "result.json", json.dumps(record, indent=2, sort_keys=False, default=str))
+def write_result(folder: Path, record: RunRecord | dict[str, Any]) -> None:
+    data = record.to_dict() if isinstance(record, RunRecord) else record
+    write_atomic(folder / "result.json", json.dumps(data, indent=2, sort_keys=False, default=str))

@@ -47,14 +47,14 @@ class Planned:
 
 def sibling(overrides: Sequence[str], task: str, src: str) -> list[str]:
     """The same run on task `src`: `task=<task>` becomes `task=<src>` and a per-task settings option
-    `train=<model>/<task>` becomes `train=<model>/<src>` (conf/train/ options select model and task).
+    `recipe=<model>/<task>` becomes `recipe=<model>/<src>` (conf/recipe/ options select model and task).
     With neither among the overrides, `task=<src>` is added."""
     out, swapped = [], False
     for o in overrides:
         key, _, value = o.partition("=")
         if key.lstrip("+") == "task":
             o, swapped = f"{key}={src}", True
-        elif key.lstrip("+") == "train" and value.endswith(f"/{task}"):
+        elif key.lstrip("+") == "recipe" and value.endswith(f"/{task}"):
             o, swapped = f"{key}={value.removesuffix(task)}{src}", True
         out.append(o)
     return out if swapped else [*out, f"task={src}"]
@@ -65,8 +65,8 @@ def plan(
 ) -> list[Planned]:
     """State of each job (a list of overrides; `load` composes it into a RunConfig). Runs whose task
     is a key of `init_from` get `++train.init_from=` their source sibling's adapter. A folder that
-    holds a different config is a ConfigError (record.prior_state): nothing is launched."""
-    from lora_repro import record
+    holds a different config is a ConfigError (identity.prior_state): nothing is launched."""
+    from lora_repro import identity
 
     out = []
     for ov in jobs:
@@ -76,16 +76,16 @@ def plan(
         src_task = init_from.get(cfg.task.name)
         if src_task and cfg.train.init_from is None:
             src = load(sibling(ov, cfg.task.name, src_task))
-            src_dir = record.run_dir(src)
+            src_dir = identity.run_dir(src)
             adapter = str(src_dir / ADAPTER)
             ov.append(f"++train.init_from='{adapter}'")
             cfg = replace(cfg, train=replace(cfg.train, init_from=adapter))
-            if record.prior_state(src_dir, record.config_hash(src)) != "done":
-                needs = record.run_id(src)
-        folder = record.run_dir(cfg)
-        state = record.prior_state(folder, record.config_hash(cfg))
+            if identity.prior_state(src_dir, identity.config_hash(src)) != "done":
+                needs = identity.run_id(src)
+        folder = identity.run_dir(cfg)
+        state = identity.prior_state(folder, identity.config_hash(cfg))
         state = "done" if state == "done" else ("waiting" if needs else "todo")
-        out.append(Planned(ov, record.run_id(cfg), folder, state, needs))
+        out.append(Planned(ov, identity.run_id(cfg), folder, state, needs))
     return out
 
 
@@ -166,29 +166,21 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
-def parse_kv(argv: list[str], defaults: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """Positional words and `key=value` options of `collect` and `tables` (keys of `defaults` only)."""
-    words, opts = [], dict(defaults)
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if not eq:
-            words.append(arg)
-        elif key in opts:
-            opts[key] = value
-        else:
-            raise ConfigError(f"unknown option {key!r}; valid: {', '.join(opts)}")
-    return words, opts
-
-
 def collect_main(argv: list[str]) -> int:
-    """`lora-repro collect <experiment> [runs_dir=runs] [results_dir=results] [fresh=true]`."""
-    words, opts = parse_kv(argv, {"runs_dir": "runs", "results_dir": "results", "fresh": "false"})
-    if len(words) != 1:
-        raise ConfigError(
-            "usage: lora-repro collect <experiment> [runs_dir=runs] [results_dir=results]"
-        )
-    fresh = opts["fresh"].lower() in ("1", "true", "yes")
-    out, counts, envs = collect(words[0], opts["runs_dir"], opts["results_dir"], fresh)
+    """`lora-repro collect EXPERIMENT [--runs-dir runs] [--results-dir results] [--fresh]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="lora-repro collect",
+        description="Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl "
+        "(sorted, diffable; records collected elsewhere are kept unless --fresh).",
+    )
+    p.add_argument("experiment")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--fresh", action="store_true", help="drop records not found under --runs-dir")
+    args = p.parse_args(argv)
+    out, counts, envs = collect(args.experiment, args.runs_dir, args.results_dir, args.fresh)
     kept = counts.pop("kept from before")
     status = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"{out}: {sum(counts.values())} records ({status or 'none'})"

@@ -46,7 +46,7 @@ def typed(*overrides: str) -> RunConfig:
 def test_paper_presets_hold_the_paper_settings(model):
     p = PAPER[model]
     for i, task in enumerate(TASKS):
-        cfg = typed(f"train={model}/{task}")
+        cfg = typed(f"recipe={model}/{task}")
         assert (cfg.model.name, cfg.task.name, cfg.method.name) == (model, task, "lora")
         t = cfg.train
         assert (t.batch_size, t.epochs, t.lr) == (p["batch"][i], p["epochs"][i], p["lr"][i]), task
@@ -63,7 +63,7 @@ def test_every_experiment_and_preset_composes_to_a_typed_config():
     for name in names:
         if nlg or "e2e" not in (CONF_DIR / "experiment" / f"{name}.yaml").read_text():
             assert typed(f"experiment={name}").experiment == name
-    assert len([o for o in group_options("train") if not o.endswith("/e2e")]) == 24
+    assert len([o for o in group_options("recipe") if not o.endswith("/e2e")]) == 24
     demo = typed("experiment=demo")
     assert (demo.model.name, demo.task.name, demo.method.name) == ("minilm", "sst2", "lora")
     assert demo.model.pretrained.startswith("pkg:")  # real weights, offline
@@ -86,7 +86,7 @@ def test_cfg_job_and_help_show_the_composed_config(capsys):
         ("task=imagenet", "unknown task 'imagenet'; valid: "),
         ("method=magic", "unknown method 'magic'; valid: "),
         ("method=lora,magic", "unknown method 'magic'"),
-        ("train=roberta-base/nope", "unknown train 'roberta-base/nope'"),
+        ("recipe=roberta-base/nope", "unknown recipe 'roberta-base/nope'"),
         ("task.data_dir=/no/such/dir", "'/no/such/dir' is not a directory"),
         ("train.batch_size=0", "train batch_size must be > 0, got 0"),
         ("train.lr=0", "train lr must be > 0, got 0"),
@@ -169,7 +169,7 @@ def test_count_still_works(capsys):
 
 def test_conf_has_no_stray_groups():
     assert {p.name for p in CONF_DIR.iterdir() if p.is_dir()} >= {
-        "model", "task", "method", "train", "cluster", "experiment",
+        "model", "task", "method", "recipe", "cluster", "experiment",
     }  # fmt: skip
 
 

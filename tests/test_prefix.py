@@ -240,7 +240,8 @@ def test_reparam_materialize_keeps_outputs_and_drops_the_mlp():
 
 
 def test_materialized_prefix_saves_and_loads_as_plain_activations(tmp_path):
-    from lora_repro.weights.state import load_adapter, read_meta, save_adapter
+    from lora_repro.weights.files import read_meta
+    from lora_repro.weights.state import load_adapter, save_adapter
 
     model, fam = tiny("gpt2")
     cfg = method_config(VARIANTS["layer_reparam"])

@@ -12,7 +12,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from lora_repro import record, sweep
+from lora_repro import identity, sweep
 from lora_repro.compose import CONF_DIR
 from lora_repro.config import RunConfig
 
@@ -76,22 +76,22 @@ def test_preset_expands_to_its_run_count(name: str):
         load(expanded[-1]),
     )  # both ends of the grid compose and type-check
     assert first.experiment == last.experiment == name
-    assert len(expanded) == 1 or record.run_id(first) != record.run_id(last)
+    assert len(expanded) == 1 or identity.run_id(first) != identity.run_id(last)
 
 
 def test_table2_runs_carry_the_paper_settings(tmp_path: Path):
-    cfg = load(["experiment=table2_glue", "train=roberta-large/rte", "seed=4"])
+    cfg = load(["experiment=table2_glue", "recipe=roberta-large/rte", "seed=4"])
     # Table 9, RoBERTa-large RTE: batch 8, 20 epochs, lr 4e-4, length 512, α = 16
     assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == (8, 20, 4e-4)
     assert (cfg.task.max_length, cfg.method.r, cfg.method.alpha) == (512, 8, 16)
     # MNLI init: the RTE run waits for, then starts from, the same model and seed's MNLI adapter
-    pair = [["experiment=table2_glue", f"runs_dir={tmp_path}", f"train=roberta-base/{t}", "seed=1"]
+    pair = [["experiment=table2_glue", f"runs_dir={tmp_path}", f"recipe=roberta-base/{t}", "seed=1"]
             for t in ("mnli", "rte")]  # fmt: skip
     mnli, rte = sweep.plan(pair, load, {"rte": "mnli"})
     assert (mnli.state, rte.state) == ("todo", "waiting")
     assert rte.overrides[-1] == f"++train.init_from='{mnli.folder / 'adapter.safetensors'}'"
     assert load(rte.overrides).train.init_from == str(mnli.folder / "adapter.safetensors")
-    houlsby = load(["experiment=table2_houlsby", "train=roberta-large/mrpc"])
+    houlsby = load(["experiment=table2_houlsby", "recipe=roberta-large/mrpc"])
     assert (houlsby.model.name, houlsby.task.max_length, houlsby.train.init_from) == (
         "roberta-large",
         128,
@@ -153,20 +153,20 @@ def test_mini_rank_and_matrices_vary_only_the_lora_shape():
 def test_table5_arms_are_zipped_at_a_fixed_budget():
     _skip_without_nlg("table5_matrices")
     roberta = [
-        load(j).method for j in jobs("table5_matrices", ("seed=0", "train=roberta-base/mnli"))
+        load(j).method for j in jobs("table5_matrices", ("seed=0", "recipe=roberta-base/mnli"))
     ]
     # every arm adapts r x |W| = 8 rank-units; α stays at the first r tried (8 for RoBERTa)
     assert sorted((m.targets, m.r) for m in roberta) == [
         ("k", 8), ("o", 8), ("q", 8), ("qk", 4), ("qkvo", 2), ("qv", 4), ("v", 8)
     ]  # fmt: skip
     assert {m.alpha for m in roberta} == {8}
-    gpt2 = load(["experiment=table5_matrices", "train=gpt2-medium/e2e", "arm=qkvo_r2"]).method
+    gpt2 = load(["experiment=table5_matrices", "recipe=gpt2-medium/e2e", "arm=qkvo_r2"]).method
     assert (gpt2.targets, gpt2.r, gpt2.alpha) == ("qkvo", 2, 32)  # the arm wins over Table 11's r=4
 
 
 def test_table6_is_a_full_grid():
     _skip_without_nlg("table6_rank")
-    grid = jobs("table6_rank", ("seed=0", "train=roberta-base/mnli"))
+    grid = jobs("table6_rank", ("seed=0", "recipe=roberta-base/mnli"))
     combos = {tuple(o.split("=")[1] for o in j if o.startswith("method.")) for j in grid}
     assert combos == {
         (t, str(r)) for t, r in itertools.product(["q", "qv", "qkvo"], [1, 2, 4, 8, 64])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import toytask
 
-from lora_repro import record, train
+from lora_repro import identity, record, train
 from lora_repro.errors import ConfigError
 
 
@@ -32,25 +32,27 @@ def cfg_for(tmp_path: Path, *overrides: str):
 
 def test_tags_name_the_swept_keys(tmp_path):
     cfg = cfg_for(tmp_path)
-    assert record.method_tag(cfg) == "lora_qv_r8_a8"
-    assert record.hparam_tag(cfg) == "lr0.001_bs8_steps4_len64"
-    assert record.run_id(cfg) == "smoke/tiny-roberta/toy/lora_qv_r8_a8/lr0.001_bs8_steps4_len64/s0"
+    assert identity.method_tag(cfg) == "lora_qv_r8_a8"
+    assert identity.hparam_tag(cfg) == "lr0.001_bs8_steps4_len64"
+    assert (
+        identity.run_id(cfg) == "smoke/tiny-roberta/toy/lora_qv_r8_a8/lr0.001_bs8_steps4_len64/s0"
+    )
     cfg = cfg_for(
         tmp_path, "method.r=4", "method.alpha=16", "method.targets=qkvo", "method.dropout=0.1"
     )
-    assert record.method_tag(cfg) == "lora_qkvo_r4_a16_do0.1"
-    assert record.method_tag(cfg_for(tmp_path, "method=bitfit")) == "bitfit"
-    assert record.method_tag(cfg_for(tmp_path, "method=full_topk")) == "full_topk_k2"
+    assert identity.method_tag(cfg) == "lora_qkvo_r4_a16_do0.1"
+    assert identity.method_tag(cfg_for(tmp_path, "method=bitfit")) == "bitfit"
+    assert identity.method_tag(cfg_for(tmp_path, "method=full_topk")) == "full_topk_k2"
     cfg = cfg_for(tmp_path, "train.weight_decay=0.1", "train.warmup_steps=500", "seed=3")
-    assert record.hparam_tag(cfg) == "lr0.001_bs8_steps4_wd0.1_ws500_len64"
+    assert identity.hparam_tag(cfg) == "lr0.001_bs8_steps4_wd0.1_ws500_len64"
     assert (
-        record.run_dir(cfg)
-        == tmp_path / "smoke/tiny-roberta/toy/lora_qv_r8_a8" / record.hparam_tag(cfg) / "s3"
+        identity.run_dir(cfg)
+        == tmp_path / "smoke/tiny-roberta/toy/lora_qv_r8_a8" / identity.hparam_tag(cfg) / "s3"
     )
 
 
 def test_hash_ignores_locations_and_memory_knobs_but_not_hyperparameters(tmp_path):
-    base = record.config_hash(cfg_for(tmp_path))
+    base = identity.config_hash(cfg_for(tmp_path))
     same = [
         cfg_for(tmp_path / "elsewhere"),
         cfg_for(tmp_path, "task.data_dir=/some/where"),
@@ -60,21 +62,23 @@ def test_hash_ignores_locations_and_memory_knobs_but_not_hyperparameters(tmp_pat
         cfg_for(tmp_path, "logging.wandb_mode=offline", "train.device=cpu"),
         cfg_for(tmp_path, "train.lr=0.001"),  # same value, other spelling
     ]
-    assert all(record.config_hash(c) == base for c in same)
+    assert all(identity.config_hash(c) == base for c in same)
     different = [
         cfg_for(tmp_path, "train.lr=2e-3"),
         cfg_for(tmp_path, "+model.arch.hidden_dropout_prob=0.2"),
         cfg_for(tmp_path, "method.init=gaussian"),
         cfg_for(tmp_path, "seed=1"),
     ]
-    assert len({record.config_hash(c) for c in different} | {base}) == 5
+    assert len({identity.config_hash(c) for c in different} | {base}) == 5
 
 
 def test_integer_and_float_spellings_are_one_config(tmp_path):
     a = cfg_for(tmp_path, "train.max_steps=null", "train.epochs=2")
     b = cfg_for(tmp_path, "train.max_steps=null", "train.epochs=2.0")
     assert a.train.epochs == 2.0 and isinstance(a.train.epochs, float)
-    assert record.config_hash(a) == record.config_hash(b) and record.run_id(a) == record.run_id(b)
+    assert identity.config_hash(a) == identity.config_hash(b) and identity.run_id(
+        a
+    ) == identity.run_id(b)
 
 
 # --- files ------------------------------------------------------------------------------------------
@@ -105,17 +109,17 @@ def test_history_truncate_drops_rows_after_an_offset(tmp_path):
 
 def test_prior_state(tmp_path):
     folder = tmp_path / "run"
-    assert record.prior_state(folder, "abc") == "new"
+    assert identity.prior_state(folder, "abc") == "new"
     folder.mkdir()
-    assert record.prior_state(folder, "abc") == "resume"
+    assert identity.prior_state(folder, "abc") == "resume"
     (folder / "config.yaml").write_text("# config_hash: abc\nseed: 0\n")
-    assert record.prior_state(folder, "abc") == "resume"
+    assert identity.prior_state(folder, "abc") == "resume"
     with pytest.raises(ConfigError, match="different config"):
-        record.prior_state(folder, "xyz")
+        identity.prior_state(folder, "xyz")
     record.write_result(folder, {"status": "failed", "config_hash": "abc"})
-    assert record.prior_state(folder, "abc") == "resume"  # a failed attempt is tried again
+    assert identity.prior_state(folder, "abc") == "resume"  # a failed attempt is tried again
     record.write_result(folder, {"status": "success", "config_hash": "abc"})
-    assert record.prior_state(folder, "abc") == "done"
+    assert identity.prior_state(folder, "abc") == "done"
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -142,10 +146,10 @@ def test_a_failing_run_writes_a_failed_record_then_a_retry_succeeds(tmp_path, mo
     monkeypatch.setattr(train, "fit", broken)
     with pytest.raises(train.RunFailed, match="something broke"):
         train.run(cfg_for(tmp_path))
-    folder = tmp_path / record.run_id(cfg_for(tmp_path))
+    folder = tmp_path / identity.run_id(cfg_for(tmp_path))
     rec = json.loads((folder / "result.json").read_text())
     assert rec["status"] == "failed" and "RuntimeError: something broke" in rec["error"]
-    assert rec["config_hash"] == record.config_hash(cfg_for(tmp_path))
+    assert rec["config_hash"] == identity.config_hash(cfg_for(tmp_path))
     assert rec["metrics"]["primary"] is None and rec["cost"]["adapter_bytes"] == 0
     assert "something broke" in (folder / "log.txt").read_text()
 
@@ -161,7 +165,7 @@ def test_out_of_memory_is_recorded_as_oom(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "fit", oom)
     with pytest.raises(train.RunFailed):
         train.run(cfg_for(tmp_path))
-    rec = json.loads((tmp_path / record.run_id(cfg_for(tmp_path)) / "result.json").read_text())
+    rec = json.loads((tmp_path / identity.run_id(cfg_for(tmp_path)) / "result.json").read_text())
     assert rec["status"] == "oom"
 
 

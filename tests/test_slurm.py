@@ -82,7 +82,9 @@ def test_sweep_on_slurm_records_failures_and_relaunches_only_them(tmp_path: Path
         (tmp_path / recs[k]["run"]["id"] / "result.json").read_text() == done[k] for k in done
     )
 
-    res = lora("collect", "smoke", f"runs_dir={tmp_path}", f"results_dir={tmp_path / 'results'}")
+    res = lora(
+        "collect", "smoke", "--runs-dir", str(tmp_path), "--results-dir", str(tmp_path / "results")
+    )
     assert res.returncode == 0 and "4 records (1 failed, 3 success)" in res.stdout, res.stderr
 
 

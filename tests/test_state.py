@@ -18,15 +18,8 @@ from lora_repro.methods.lora import lora_layers
 from lora_repro.models import ModelConfig, load_model
 from lora_repro.weights.combine import combine
 from lora_repro.weights.export import export_merged, export_peft
-from lora_repro.weights.state import (
-    META,
-    WEIGHTS,
-    load_adapter,
-    read_meta,
-    read_tensors,
-    save_adapter,
-    set_active,
-)
+from lora_repro.weights.files import META, WEIGHTS, read_meta, read_tensors
+from lora_repro.weights.state import load_adapter, save_adapter, set_active
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]

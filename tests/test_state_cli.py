@@ -13,7 +13,8 @@ import yaml
 from lora_repro.cli import main
 from lora_repro.methods import method_config, prepare
 from lora_repro.models import ModelConfig, load_model
-from lora_repro.weights.state import WEIGHTS, load_adapter, save_adapter
+from lora_repro.weights.files import WEIGHTS
+from lora_repro.weights.state import load_adapter, save_adapter
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_repro import record, sweep
+from lora_repro import identity, record, sweep
 from lora_repro.cli import main
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
@@ -37,12 +37,12 @@ def loader(runs_dir: Path):
 
 def finish(cfg: RunConfig, status: str = "success") -> Path:
     """Write what a finished run leaves: config.yaml, result.json (and its adapter on success)."""
-    folder, chash = record.run_dir(cfg), record.config_hash(cfg)
-    record.write_config(folder, cfg, chash)
+    folder, chash = identity.run_dir(cfg), identity.config_hash(cfg)
+    identity.write_config(folder, cfg, chash)
     rec = {
         "status": status,
         "config_hash": chash,
-        "run": {"id": record.run_id(cfg)},
+        "run": {"id": identity.run_id(cfg)},
         "config": cfg.to_dict(),
     }
     record.write_result(folder, rec)
@@ -58,11 +58,11 @@ def test_relaunch_plans_only_runs_without_success(tmp_path: Path):
     finish(load(["seed=0"]))
     finish(load(["seed=1"]), "failed")
     finish(load(["seed=2"]), "oom")
-    (record.run_dir(load(["seed=3"])) / "checkpoint").mkdir(parents=True)  # killed mid-run
+    (identity.run_dir(load(["seed=3"])) / "checkpoint").mkdir(parents=True)  # killed mid-run
     planned = sweep.plan(jobs, load, {})
     assert [p.state for p in planned] == ["done", "todo", "todo", "todo"]
     assert [sweep.outcome(p) for p in planned] == ["success", "failed", "oom", "no record"]
-    assert planned[1].run_id == record.run_id(load(["seed=1"]))
+    assert planned[1].run_id == identity.run_id(load(["seed=1"]))
     lines = sweep.plan_lines([p for p in planned if p.state == "todo"]).splitlines()
     assert [shlex.split(x) for x in lines] == [["seed=1"], ["seed=2"], ["seed=3"]]
 
@@ -71,14 +71,14 @@ def test_mnli_init_waits_then_points_at_the_mnli_adapter(tmp_path: Path):
     load = loader(tmp_path)
     jobs = [["task=mnli", "seed=0"], ["task=mrpc", "seed=0"], ["task=sst2", "seed=0"]]
     mnli = load(["task=mnli", "seed=0"])
-    adapter = str(record.run_dir(mnli) / sweep.ADAPTER)
+    adapter = str(identity.run_dir(mnli) / sweep.ADAPTER)
     first = sweep.plan(jobs, load, {"mrpc": "mnli"})
     assert [p.state for p in first] == ["todo", "waiting", "todo"]
-    assert first[1].needs == record.run_id(mnli)
+    assert first[1].needs == identity.run_id(mnli)
     assert first[1].overrides == ["task=mrpc", "seed=0", f"++train.init_from='{adapter}'"]
     # the MRPC run's identity includes where it starts from (record puts its hash in the folder name)
     mrpc = load(first[1].overrides)
-    assert mrpc.train.init_from == adapter and first[1].run_id == record.run_id(mrpc)
+    assert mrpc.train.init_from == adapter and first[1].run_id == identity.run_id(mrpc)
     finish(mnli, "failed")
     assert (
         sweep.plan(jobs, load, {"mrpc": "mnli"})[1].state == "waiting"
@@ -106,7 +106,7 @@ def test_collect_sorted_merged_and_fresh(tmp_path: Path, capsys):
     for seed, status in [(2, "success"), (0, "failed"), (1, "success")]:
         finish(load([f"seed={seed}"]), status)
     res = tmp_path / "results"
-    argv = ["collect", "t", f"runs_dir={tmp_path / 'runs'}", f"results_dir={res}"]
+    argv = ["collect", "t", "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(res)]
     assert main(argv) == 0
     first, env = capsys.readouterr().out.strip().splitlines()
     assert first == f"{res / 't.jsonl'}: 3 records (1 failed, 2 success)"
@@ -126,9 +126,9 @@ def test_collect_sorted_merged_and_fresh(tmp_path: Path, capsys):
         .splitlines()[0]
         .endswith("4 records (4 success); 1 kept from an earlier collect")
     )
-    assert main([*argv, "fresh=true"]) == 0
+    assert main([*argv, "--fresh"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[0].endswith("3 records (3 success)")
-    assert main(["collect", "nope", f"runs_dir={tmp_path / 'runs'}"]) == 2
+    assert main(["collect", "nope", "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "no run folders" in capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ from lora_repro.cli import main
 def rec(model: str, task: str, tag: str, seed: int, primary: float | None, status: str = "success",
         params: int = 294_912, exp: str = "table2_glue", started: str = "2026-01-01T00:00:00",
         r: int = 8, targets: str = "qv", gen: dict | None = None, **cost) -> dict:  # fmt: skip
-    """A record shaped like lora_repro/session.py's."""
+    """A record shaped like record.RunRecord's (schema 1: no schema key)."""
     method = tag.split("_")[0]
     return {
         "status": status,
@@ -195,7 +195,9 @@ def test_markdown_latex_and_cli(tmp_path: Path, table2_records, capsys):
     res = tmp_path / "results"
     res.mkdir()
     (res / "table2_glue.jsonl").write_text("".join(json.dumps(r) + "\n" for r in table2_records))
-    code = main(["tables", "table2", f"results_dir={res}", f"out_dir={tmp_path / 'tables'}"])
+    code = main(
+        ["tables", "table2", "--results-dir", str(res), "--out-dir", str(tmp_path / "tables")]
+    )
     assert code == 0
     md = (tmp_path / "tables" / "table2.md").read_text()
     assert "| roberta-base | lora_qv_r8_a8 | 0.29M (0.3M) |" in md

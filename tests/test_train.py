@@ -13,7 +13,7 @@ import toytask
 import yaml
 from safetensors.torch import load_file
 
-from lora_repro import record, train
+from lora_repro import evaluate, losses, optim, record, train
 from lora_repro.errors import ConfigError
 from lora_repro.models import ModelConfig, load_model
 
@@ -34,8 +34,8 @@ def test_classification_and_regression_loss_sums():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])
     expected = -(torch.log_softmax(logits, -1)[torch.arange(2), labels]).sum()
-    assert torch.allclose(train.loss_sum(logits, labels, "classification", 0.0), expected)
-    reg = train.loss_sum(
+    assert torch.allclose(losses.loss_sum(logits, labels, "classification", 0.0), expected)
+    reg = losses.loss_sum(
         torch.tensor([[1.0], [3.0]]), torch.tensor([0.5, 2.0]), "classification", 0
     )
     assert reg.item() == pytest.approx(0.25 + 1.0)
@@ -51,7 +51,7 @@ def test_weight_decay_skips_biases_and_layernorm_and_frozen_params():
     model = load_model(cfg)
     prepare(model, method_config({"name": "full"}), "roberta")
     model.roberta.embeddings.word_embeddings.weight.requires_grad_(False)
-    decay, no_decay = train.param_groups(model, 0.1)
+    decay, no_decay = optim.param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     skipped = {names[id(p)] for p in no_decay["params"]}
@@ -64,15 +64,19 @@ def test_weight_decay_skips_biases_and_layernorm_and_frozen_params():
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
-    f = train.linear_schedule(warmup=4, total=12)
+    f = optim.linear_schedule(warmup=4, total=12)
     assert [f(s) for s in (0, 2, 4, 8, 12, 20)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
-    assert train.linear_schedule(0, 10)(0) == 1.0
+    assert optim.linear_schedule(0, 10)(0) == 1.0
 
 
 def test_better_direction():
-    assert train.better("dev/accuracy", 0.6, 0.5) and not train.better("dev/accuracy", 0.5, 0.6)
-    assert train.better("dev/loss", 0.5, 0.6) and not train.better("dev/loss", 0.6, 0.5)
-    assert train.better("dev/accuracy", 0.1, None) and train.better("dev/accuracy", 0.1, math.nan)
+    assert evaluate.better("dev/accuracy", 0.6, 0.5) and not evaluate.better(
+        "dev/accuracy", 0.5, 0.6
+    )
+    assert evaluate.better("dev/loss", 0.5, 0.6) and not evaluate.better("dev/loss", 0.6, 0.5)
+    assert evaluate.better("dev/accuracy", 0.1, None) and evaluate.better(
+        "dev/accuracy", 0.1, math.nan
+    )
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -141,20 +145,21 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     folder = tmp_path / rec["run"]["id"]
     tensors = load_file(str(folder / "adapter.safetensors"))
     assert tensors and all(".lora." in n or n.startswith("classifier.") for n in tensors)
-    meta = json.loads((folder / "adapter.json").read_text())  # methods/state.py's format
+    meta = json.loads((folder / "adapter.json").read_text())  # weights/files.py's format
     assert meta["method"]["name"] == "lora" and meta["base"]["name"] == "tiny-roberta"
     assert meta["format_version"] == 1 and meta["num_labels"] == 2 and meta["task"] == "toy"
     assert meta["tensors"] == {n: list(t.shape) for n, t in tensors.items()}
 
-    from lora_repro.session import Session
+    from lora_repro.build import build
+    from lora_repro.distributed import Runtime
+    from lora_repro.evaluate import evaluate
     from lora_repro.weights.state import load_adapter
 
     cfg2 = toytask.config(tmp_path / "again", "train.lr=5e-3", "train.max_steps=null")
-    s = Session(cfg2)
-    s.build()
-    load_adapter(s.model, folder, "roberta", base=cfg2.model)
-    again = train.evaluate(s.model, s.data, s)
-    s.close()
+    rt = Runtime.start("cpu", "fp32")
+    b = build(cfg2, rt.device)
+    load_adapter(b.model, folder, "roberta", base=cfg2.model)
+    again = evaluate(b.model, b.data, rt, cfg2.train.eval_batch_size, b.inputs)
     assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
 
 
@@ -197,28 +202,27 @@ def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
     first = train.run(toytask.config(tmp_path / "a", "train.max_steps=2", task="toy"))
     adapter = tmp_path / "a" / first["run"]["id"] / "adapter.safetensors"
     saved = load_file(str(adapter))
-    from lora_repro.session import Session
+    from lora_repro.build import build
+    from lora_repro.models import head_params
 
-    s = Session(toytask.config(tmp_path / "b", f"train.init_from={adapter}", task="toy_reg"))
-    s.build()  # toy_reg has one output: the 2-class head is skipped, LoRA tensors are loaded
+    cpu = torch.device("cpu")
+
+    # toy_reg has one output: the 2-class head is skipped, LoRA tensors are loaded
+    s = build(toytask.config(tmp_path / "b", f"train.init_from={adapter}", task="toy_reg"), cpu)
     params = dict(s.model.named_parameters())
-    s.close()
     lora = [n for n in saved if ".lora." in n]
     assert lora and all(torch.equal(params[n].detach().cpu(), saved[n]) for n in lora)
     assert params["classifier.out_proj.weight"].shape[0] == 1
 
     # The same label count: the LoRA tensors load, the head stays this run's fresh one (a head trained
     # for other labels means nothing here; §5.1 starts MRPC from MNLI with a new head).
-    fresh = Session(toytask.config(tmp_path / "e", task="toy"))
-    fresh.build()
+    fresh = build(toytask.config(tmp_path / "e", task="toy"), cpu)
+    head_names = set(head_params(fresh.model, "roberta"))
     fresh_head = {
-        n: p.detach().clone() for n, p in fresh.model.named_parameters() if n in fresh.head_names
+        n: p.detach().clone() for n, p in fresh.model.named_parameters() if n in head_names
     }
-    fresh.close()
-    s = Session(toytask.config(tmp_path / "b2", f"train.init_from={adapter.parent}", task="toy"))
-    s.build()
+    s = build(toytask.config(tmp_path / "b2", f"train.init_from={adapter.parent}", task="toy"), cpu)
     params = dict(s.model.named_parameters())
-    s.close()
     assert all(torch.equal(params[n].detach().cpu(), saved[n]) for n in lora)
     heads = [n for n in saved if n.startswith("classifier.")]
     assert heads and all(torch.equal(params[n].detach(), fresh_head[n]) for n in heads)
@@ -226,21 +230,18 @@ def test_init_from_loads_lora_and_skips_a_head_of_another_size(tmp_path):
         params["classifier.out_proj.weight"].detach().cpu(), saved["classifier.out_proj.weight"]
     )
 
-    s = Session(toytask.config(tmp_path / "c", f"train.init_from={adapter}", "method.r=4"))
+    cfg = toytask.config(tmp_path / "c", f"train.init_from={adapter}", "method.r=4")
     with pytest.raises(
         ConfigError,
         match=r"^train\.init_from: adapter .* does not fit: .*\.lora\.default\.A\.q has shape \(8, 32\), model needs \(4, 32\)",
     ):
-        s.build()
-    s.close()
-    s = Session(toytask.config(tmp_path / "f", f"train.init_from={adapter}", "method=bitfit"))
+        build(cfg, cpu)
+    cfg = toytask.config(tmp_path / "f", f"train.init_from={adapter}", "method=bitfit")
     with pytest.raises(ConfigError, match=r"trained with method 'lora', this run uses 'bitfit'"):
-        s.build()
-    s.close()
-    s = Session(toytask.config(tmp_path / "d", f"train.init_from={tmp_path}/nope.safetensors"))
+        build(cfg, cpu)
+    cfg = toytask.config(tmp_path / "d", f"train.init_from={tmp_path}/nope.safetensors")
     with pytest.raises(ConfigError, match=r"nope\.safetensors"):
-        s.build()
-    s.close()
+        build(cfg, cpu)
 
 
 def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
@@ -255,11 +256,14 @@ def test_wandb_offline_logs_the_run(tmp_path, monkeypatch):
 
 
 def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeypatch):
-    """The NLG hook: generate.run_generation(model, tokenizer, task, out_dir, batch_size, metrics)
+    """The NLG hook: nlg.generate.run_generation(model, tokenizer, task, out_dir, batch_size, metrics)
     gets the model holding the best evaluation's weights, and its scores join the best metrics."""
-    from lora_repro import session
+    from lora_repro.nlg import task as nlg_task
 
+    # The toy LM task, with the NLG family's after-fit decode hook attached as nlg/task.py does.
     monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "nlg", "toytask")
+    toy_build = toytask.build
+    monkeypatch.setattr(toytask, "build", lambda c, t: nlg_task.with_decode(toy_build(c, t), c, t))
     seen = {}
 
     def run_generation(model, tokenizer, task, out_dir, batch_size, metrics):
@@ -269,7 +273,7 @@ def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeyp
         seen["args"] = (task.name, task.kind, out_dir, batch_size, metrics)
         return {"BLEU": 0.5}
 
-    monkeypatch.setattr(session, "run_generation", run_generation)
+    monkeypatch.setattr(nlg_task, "run_generation", run_generation)
     cfg = toytask.config(
         tmp_path, "model=tiny-gpt2", "task.kind=nlg", "train.lr=1e-2", "train.max_steps=null",
         "train.epochs=2", "+task.generate_metrics=[BLEU]", task="toy_lm",

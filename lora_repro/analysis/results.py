@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 
 from lora_repro.errors import ConfigError
-from lora_repro.record import environment_label
+from lora_repro.record import RunRecord, environment_label
 
 log = logging.getLogger(__name__)
 
-# Cost fields copied as they are (lora_repro/session.py writes them).
+# Cost fields copied as they are (record.Cost).
 COST = (
     "method_params",
     "trainable_params",
@@ -70,15 +70,15 @@ def _flat(prefix: str, value: Any, out: dict[str, Any]) -> None:
 
 
 def flatten(rec: dict[str, Any]) -> dict[str, Any]:
-    """One record -> one flat row. Metric columns are `metric:<name>` (the best epoch's metrics, e.g.
-    `metric:dev/accuracy`) and `gen:<path>` (NLG generation metrics, e.g. `gen:test/BLEU`)."""
-    run, cfg = rec.get("run") or {}, rec.get("config") or {}
-    metrics, cost = rec.get("metrics") or {}, rec.get("cost") or {}
-    method = cfg.get("method") or {}
-    parts = str(run.get("id", "")).split("/")
+    """One record (any schema, read as a RunRecord) -> one flat row. Metric columns are
+    `metric:<name>` (the best epoch's metrics, e.g. `metric:dev/accuracy`) and `gen:<path>` (schema-1
+    NLG generation metrics, e.g. `gen:test/BLEU`)."""
+    r = RunRecord.from_dict(rec)
+    cfg, method = r.config, r.config.get("method") or {}
+    parts = str(r.run.id or "").split("/")
     row: dict[str, Any] = {
-        "run_id": run.get("id"),
-        "experiment": run.get("experiment", cfg.get("experiment")),
+        "run_id": r.run.id,
+        "experiment": r.run.experiment or cfg.get("experiment"),
         "model": (cfg.get("model") or {}).get("name"),
         "task": (cfg.get("task") or {}).get("name"),
         "method": method.get("name"),
@@ -88,22 +88,23 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
         "targets": method.get("targets"),
         "r": method.get("r"),
         "lr": (cfg.get("train") or {}).get("lr"),
-        "status": rec.get("status"),
-        "error": rec.get("error"),
-        "config_hash": rec.get("config_hash"),
-        "started": run.get("started"),
-        "primary_metric": metrics.get("primary_metric"),
-        "primary": metrics.get("primary"),
-        "task_version": (rec.get("task") or {}).get("version"),
-        "env": environment_label(rec),
+        "status": r.status,
+        "error": r.error,
+        "config_hash": r.config_hash,
+        "started": r.run.started,
+        "primary_metric": r.metrics.primary_metric,
+        "primary": r.metrics.primary,
+        "task_version": r.task.version,
+        "env": environment_label(r),
+        "schema": r.schema,
     }
     for name in COST:
-        row[name] = cost.get(name)
+        row[name] = getattr(r.cost, name)
     best: dict[str, Any] = {}
-    _flat("", metrics.get("best") or {}, best)
+    _flat("", r.metrics.best, best)
     row.update({f"metric:{k}": v for k, v in best.items()})
     gen: dict[str, Any] = {}
-    _flat("", metrics.get("generation") or {}, gen)
+    _flat("", r.metrics.generation or {}, gen)
     row.update({f"gen:{k}": v for k, v in gen.items()})
     return row
 

@@ -36,10 +36,9 @@ log = logging.getLogger(__name__)
 
 # Table 1 of the paper: GPT-2 medium forward latency at batch x length 32x512, 16x256, 1x128.
 GRIDS = {"small": [(1, 128), (8, 128)], "paper": [(32, 512), (16, 256), (1, 128)]}
+
+
 # The loss a family trains with by default: GPT-2 is the paper's NLG model (§5.4, Table 1).
-DEFAULT_HEAD = {"gpt2": "lm"}
-
-
 def _parse_grid(text: str) -> list[tuple[int, int]]:
     if text in GRIDS:
         return GRIDS[text]
@@ -160,9 +159,11 @@ def _one(spec: dict) -> int:
     return 0
 
 
-def environment(device: str, threads: int) -> dict[str, Any]:
+def environment(device: str, threads: int, precision: str) -> dict[str, Any]:
+    """The run records' environment (record.environment) plus what a timing depends on."""
     import torch
-    import transformers
+
+    from lora_repro.record import environment as run_environment
 
     try:
         import peft
@@ -170,29 +171,15 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         peft_version = peft.__version__
     except ImportError:  # peft_lora rows then record the import error
         peft_version = None
-    env = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+    return {
+        **run_environment(device, precision, world_size=1),
+        "device": device,  # "cpu" | "cuda"; the model name is under cpu / gpu
         "peft": peft_version,
-        "python": platform.python_version(),
-        "device": device,
         "threads": threads,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
     }
-    try:
-        sha = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=True,
-        ).stdout.strip()
-        env["git_sha"] = sha
-    except (OSError, subprocess.CalledProcessError):
-        env["git_sha"] = None
-    return env
 
 
 def _checkpoint(record: dict[str, Any], out: Path) -> None:
@@ -201,7 +188,9 @@ def _checkpoint(record: dict[str, Any], out: Path) -> None:
 
 
 def _head(args: argparse.Namespace, family: str) -> str:
-    return args.head if args.head != "auto" else DEFAULT_HEAD.get(family, "classification")
+    from lora_repro.models import FAMILIES
+
+    return args.head if args.head != "auto" else FAMILIES[family].default_head
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common.update(threads=threads, seed=0)
     record: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("one", "grid_cells")},
-        "environment": environment(device, threads),
+        "environment": environment(device, threads, args.precision),
         "train": [],
         "latency": [],
     }

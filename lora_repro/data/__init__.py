@@ -5,7 +5,7 @@ Contract (every task family implements `build(cfg, tokenizer) -> TaskData`):
 - `collate` pads a list of those dicts dynamically into a batch of tensors;
 - classification tasks score with `metrics(predictions, labels) -> {name: value}`;
   language-modelling tasks (NLG) are evaluated by loss during training (`select_metric`) and decoded
-  with the best weights afterwards, which gives their primary metric (session.after_training).
+  with the best weights afterwards by their `after_fit` hook, which gives their primary metric.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class TaskData:
     # The evaluation that picks the best epoch, when it is not the primary metric: NLG tasks select
     # by validation loss during training and report the beam-search decode's BLEU afterwards.
     select_metric: str | None = None
+    # Run once after training on the best evaluation's weights: (model, run folder, batch size) ->
+    # extra `<split>/<metric>` scores for the best evaluation (NLG: the beam-search decode's BLEU ...).
+    after_fit: Callable[[Any, Any, int], dict[str, float]] | None = None
 
     @property
     def selected_by(self) -> str:
@@ -36,7 +39,8 @@ class TaskData:
 
 
 # task.kind -> module with `build(cfg, tokenizer) -> TaskData`, imported on first use.
-BUILDERS: dict[str, str] = {"glue": "lora_repro.data.glue", "nlg": "lora_repro.data.nlg"}
+# NLG's builder lives with the decoder it hooks in after training (lora_repro/nlg/task.py).
+BUILDERS: dict[str, str] = {"glue": "lora_repro.data.glue", "nlg": "lora_repro.nlg.task"}
 
 
 def build_task(cfg: Any, tokenizer: Any) -> TaskData:

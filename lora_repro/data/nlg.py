@@ -170,7 +170,7 @@ def build(cfg: Any, tokenizer: Any) -> TaskData:
         version=VERSION,
         head="lm",
         num_labels=0,
-        # Tables 3 and 4 lead with BLEU, scored on the decode after training (session.after_training);
+        # Tables 3 and 4 lead with BLEU, scored on the decode after training (nlg/task.py);
         # the best epoch is the one with the lowest validation loss.
         primary_metric=f"{cfg.generate_split}/BLEU",
         select_metric="validation/loss" if evals else None,

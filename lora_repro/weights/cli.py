@@ -24,7 +24,8 @@ def build_base(path: str, base: str | None = None) -> tuple[nn.Module, ModelConf
     recorded pretrained source, e.g. when the base was saved somewhere else; then only the architecture
     is checked, not the name."""
     from lora_repro.models import ModelConfig, load_model
-    from lora_repro.weights.state import load_adapter, read_meta
+    from lora_repro.weights.files import read_meta
+    from lora_repro.weights.state import load_adapter
 
     meta = read_meta(path)
     cfg = ModelConfig(**meta.base)
@@ -40,7 +41,7 @@ def build_base(path: str, base: str | None = None) -> tuple[nn.Module, ModelConf
 
 
 def _info(args: argparse.Namespace) -> int:
-    from lora_repro.weights.state import WEIGHTS, read_meta, read_tensors
+    from lora_repro.weights.files import WEIGHTS, read_meta, read_tensors
 
     meta = read_meta(args.adapter)
     tensors = read_tensors(args.adapter, meta)  # also proves the file is whole
@@ -80,7 +81,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _export_peft(args: argparse.Namespace) -> int:
     from lora_repro.weights.export import export_peft
-    from lora_repro.weights.state import read_meta
+    from lora_repro.weights.files import read_meta
 
     meta = read_meta(args.adapter)
     model, cfg = build_base(args.adapter, args.base)
@@ -91,7 +92,7 @@ def _export_peft(args: argparse.Namespace) -> int:
 
 def _combine(args: argparse.Namespace) -> int:
     from lora_repro.weights.combine import combine
-    from lora_repro.weights.state import AdapterMeta, read_meta, read_tensors, write_adapter
+    from lora_repro.weights.files import AdapterMeta, read_meta, read_tensors, write_adapter
 
     metas = [read_meta(p) for p in args.adapters]
     weights = args.weights or [1.0] * len(metas)

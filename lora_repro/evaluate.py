@@ -1,0 +1,56 @@
+"""Scoring a model on a task's evaluation splits during training, and which evaluation is better."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lora_repro.data import TaskData
+from lora_repro.distributed import Runtime, gather
+from lora_repro.losses import IGNORE_INDEX, lm_loss
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: TaskData, rt: Runtime, batch_size: int, inputs=None, progress=None
+) -> dict[str, float]:
+    """Metrics on every eval split, `<split>/<metric>`; LM tasks report the token-mean loss. Each rank
+    scores a strided shard; predictions are gathered so every rank computes the same numbers.
+    `inputs(batch)` picks the model's inputs (default: all but labels); `progress` wraps loops."""
+    inputs = inputs or (lambda b: {k: v for k, v in b.items() if k != "labels"})
+    progress = progress or (lambda it, **_: it)
+    model.eval()
+    out: dict[str, float] = {}
+    for split, examples in data.evals.items():
+        idx = list(range(rt.rank, len(examples), rt.world))
+        preds, labels, total, count = [], [], 0.0, 0
+        for i in progress(range(0, len(idx), batch_size), desc=f"eval {split}", leave=False):
+            batch = rt.to_device(data.collate([examples[j] for j in idx[i : i + batch_size]]))
+            with rt.autocast():
+                logits = model(**inputs(batch)).logits
+            if data.head == "lm":
+                total += lm_loss(logits, batch["labels"], 0.0, reduction="sum").item()
+                count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            else:
+                preds.append(logits.float().cpu())
+                labels.append(batch["labels"].cpu())
+        if data.head == "lm":
+            parts = gather((total, count), rt.world)
+            out[f"{split}/loss"] = sum(p[0] for p in parts) / max(1, sum(p[1] for p in parts))
+        else:
+            parts = gather(
+                (torch.cat(preds) if preds else None, torch.cat(labels) if labels else None),
+                rt.world,
+            )
+            p = torch.cat([a for a, _ in parts if a is not None])
+            y = torch.cat([b for _, b in parts if b is not None])
+            out.update({f"{split}/{k}": float(v) for k, v in data.metrics(p, y).items()})
+    model.train()
+    return out
+
+
+def better(metric: str, new: float, old: float | None) -> bool:
+    """Losses and perplexities fall as models improve; every GLUE score rises."""
+    if old is None or old != old:  # nothing yet, or NaN
+        return True
+    return new < old if metric.endswith(("loss", "perplexity")) else new > old
