@@ -35,9 +35,14 @@ class Runtime:
     def start(cls, device: str, precision: str) -> Runtime:
         rank, world, dev = setup_distributed(device)
         dtype = DTYPES[precision]
-        if dev.type != "cuda" and dtype != torch.float32:
-            log.warning("train.precision=%s needs a GPU; training in fp32", precision)
-            dtype = torch.float32
+        if dev.type == "cpu" and dtype == torch.float16:
+            raise ConfigError(
+                "train.precision=fp16 needs a GPU (CPU autocast in fp16 is slow and needs a grad "
+                "scaler); valid on CPU: fp32, bf16"
+            )
+        if dev.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
+            # Emulated bf16 is slower than fp32: say so, but do what was asked.
+            log.warning("train.precision=bf16: this CPU has no native bf16 (AVX512-BF16/AMX)")
         return cls(rank, world, dev, dtype)
 
     @property
@@ -48,9 +53,19 @@ class Runtime:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def autocast(self) -> Any:
-        if self.device.type == "cuda" and self.dtype != torch.float32:
-            return torch.autocast("cuda", dtype=self.dtype)
-        return contextlib.nullcontext()
+        """Mixed precision for the forward pass: weights and optimizer stay fp32, matmuls run in
+        `dtype` (bf16 on CPU uses AVX512-BF16/AMX kernels where the CPU has them)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lora_repro.batching import by_length, lengths
 from lora_repro.data import TaskData
 from lora_repro.distributed import Runtime, gather
 from lora_repro.losses import IGNORE_INDEX, lm_loss
@@ -22,7 +23,8 @@ def evaluate(
     model.eval()
     out: dict[str, float] = {}
     for split, examples in data.evals.items():
-        idx = list(range(rt.rank, len(examples), rt.world))
+        # This rank's strided shard, longest first: batches of similar length pad little.
+        idx = by_length(range(rt.rank, len(examples), rt.world), lengths(examples))
         preds, labels, total, count = [], [], 0.0, 0
         for i in progress(range(0, len(idx), batch_size), desc=f"eval {split}", leave=False):
             batch = rt.to_device(data.collate([examples[j] for j in idx[i : i + batch_size]]))

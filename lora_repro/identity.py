@@ -40,7 +40,7 @@ METHOD_ALWAYS = ("targets", "r", "alpha", "k")
 TRAIN_ABBR = {
     "lr": "lr", "batch_size": "bs", "epochs": "ep", "max_steps": "steps", "weight_decay": "wd",
     "warmup_ratio": "wr", "warmup_steps": "ws", "max_grad_norm": "clip", "precision": "",
-    "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init",
+    "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init", "group_by_length": "bylen",
 }  # fmt: skip
 TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls"}
 TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0}

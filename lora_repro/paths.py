@@ -8,3 +8,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent  # the checkout (an editable install points here)
 CONF_DIR = REPO / "conf"
 PAPER_DIR = REPO / "experiments" / "paper"  # the paper's reported numbers, one CSV per table
+
+
+def cache_dir() -> Path | None:
+    """Where derived files are cached (tokenised splits, dequantised models): $LORA_REPRO_CACHE, else
+    ~/.cache/lora_repro; None when LORA_REPRO_CACHE=off (everything is then recomputed)."""
+    import os
+
+    value = os.environ.get("LORA_REPRO_CACHE", "")
+    if value.lower() == "off":
+        return None
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "lora_repro"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -122,8 +123,14 @@ class History:
         self.path = path
 
     def append(self, row: dict[str, Any]) -> None:
+        # Strict JSON: an undefined metric (Pearson of constant predictions) is null, never the `NaN`
+        # token strict readers reject; a non-finite training loss fails the run before it gets here.
+        clean = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
+        }
+        line = json.dumps(clean, sort_keys=True, allow_nan=False)
         with self.path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.write(line + "\n")
 
     def offset(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lora_repro import checkpoint
+from lora_repro.batching import epoch_order, lengths
 from lora_repro.build import build
 from lora_repro.config import RunConfig
 from lora_repro.distributed import Runtime, gather, on_main
@@ -89,6 +91,7 @@ def fit(job: Job) -> FitResult:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(warmup, total))
     scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
     trainable = [p for p in raw.parameters() if p.requires_grad]
+    sizes = lengths(data.train) if t.group_by_length else None
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and position.
     pos = LoopState()
@@ -126,8 +129,7 @@ def fit(job: Job) -> FitResult:
     model.train()
     while pos.step < total:
         # A fresh order each epoch from (seed, epoch): resuming mid-epoch regenerates it exactly.
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + pos.epoch)
-        order = torch.randperm(len(data.train), generator=gen).tolist()
+        order = epoch_order(len(data.train), cfg.seed, pos.epoch, t.batch_size, sizes)
         while pos.step < total:
             batch_idx = order[pos.batch * t.batch_size : (pos.batch + 1) * t.batch_size]
             tic = time.perf_counter()
@@ -162,7 +164,10 @@ def fit(job: Job) -> FitResult:
             opt.zero_grad(set_to_none=True)
             if rt.world > 1:
                 dist.all_reduce(step_loss)
-            pos.run_loss += step_loss.item() / max(1, denom)
+            value = step_loss.item() / max(1, denom)
+            if not math.isfinite(value):  # diverged: a failed run, never a "success" with NaNs
+                raise FloatingPointError(f"loss became {value} at step {pos.step + 1}")
+            pos.run_loss += value
             pos.run_n += 1
             pos.train_time += time.perf_counter() - tic
             pos.step += 1

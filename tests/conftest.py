@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +13,10 @@ from omegaconf import OmegaConf
 
 from lora_repro.compose import compose
 from lora_repro.models import ModelConfig, load_model
+
+# Derived-file caches (tokenised splits) go to a throw-away folder, never the user's ~/.cache; the
+# subprocesses tests start inherit it.
+os.environ.setdefault("LORA_REPRO_CACHE", tempfile.mkdtemp(prefix="lora-repro-test-cache-"))
 
 TINY = ["tiny-roberta", "tiny-bert", "tiny-deberta-v2", "tiny-gpt2"]
 

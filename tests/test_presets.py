@@ -24,6 +24,8 @@ EXPECTED = {
     "mini_lr": 6 * 6,  # methods x learning rates (SST-2, seed 0)
     "mini_rank": 2 * 5 * 3,  # tasks x ranks x seeds
     "mini_matrices": 3 * 2 * 3,  # arms x tasks x seeds
+    "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
+    "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
     "table2_glue": 3 * 8 * 5,  # models x tasks x seeds
     "table2_houlsby": 8 * 5,
     "table3_e2e": 2 * 3,  # GPT-2 medium, large x seeds

@@ -177,3 +177,28 @@ def test_a_config_error_in_setup_writes_nothing(tmp_path):
     with pytest.raises(ConfigError, match="must divide evenly"):
         train.run(cfg_for(tmp_path, "train.grad_accum=3"))
     assert not (tmp_path / "smoke").exists()
+
+
+def test_a_nan_loss_fails_the_run_and_history_stays_strict_json(tmp_path, monkeypatch):
+    real = train.loss_sum
+    calls = []
+
+    def diverging(logits, labels, head, smoothing):
+        calls.append(1)
+        loss = real(logits, labels, head, smoothing)
+        return loss * float("nan") if len(calls) >= 3 else loss  # diverges at the third step
+
+    monkeypatch.setattr(train, "loss_sum", diverging)
+    with pytest.raises(train.RunFailed, match="loss became nan at step 3"):
+        train.run(cfg_for(tmp_path))
+    folder = tmp_path / identity.run_id(cfg_for(tmp_path))
+    rec = json.loads((folder / "result.json").read_text())
+    assert (
+        rec["status"] == "failed"
+        and rec["error"] == "FloatingPointError: loss became nan at step 3"
+    )
+    for line in (folder / "history.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    history = record.History(tmp_path / "h.jsonl")
+    history.append({"event": "eval", "step": 1, "dev/pearson": float("nan")})
+    assert history.rows() == [{"event": "eval", "step": 1, "dev/pearson": None}]

@@ -290,3 +290,29 @@ def test_nlg_tasks_decode_after_training_with_the_best_weights(tmp_path, monkeyp
     rows = record.History(folder / "history.jsonl").rows()
     assert rows[-1]["event"] == "generate" and rows[-1]["test/BLEU"] == 0.5
     assert rows[-1]["best_step"] == rec["metrics"]["best_step"]
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused(tmp_path, monkeypatch):
+    """train.precision=bf16 runs the forward in bf16 on CPU (AVX512-BF16/AMX kernels where present);
+    weights and optimizer state stay fp32. fp16 on CPU is a clear error before anything is written."""
+    from lora_repro.distributed import Runtime
+
+    rt = Runtime.start("cpu", "bf16")
+    with rt.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    rec = train.run(toytask.config(tmp_path, "train.max_steps=4", "train.precision=bf16"))
+    assert rec["status"] == "success" and rec["environment"]["dtype"] == "bfloat16"
+    assert math.isfinite(rec["metrics"]["primary"]) and "bf16" in rec["run"]["id"]
+    folder = tmp_path / rec["run"]["id"]
+    assert all(
+        t.dtype == torch.float32 for t in load_file(str(folder / "adapter.safetensors")).values()
+    )
+    with pytest.raises(
+        ConfigError, match=r"train.precision=fp16 needs a GPU.*valid on CPU: fp32, bf16"
+    ):
+        train.run(
+            toytask.config(
+                tmp_path / "fp16", "train.max_steps=4", "train.precision=fp16", "train.device=cpu"
+            )
+        )
+    assert not (tmp_path / "fp16").exists()

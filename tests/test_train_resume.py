@@ -28,10 +28,10 @@ ARGS = [
 KILL_AFTER_STEP = 15
 
 
-def _command(runs: Path) -> list[str]:
+def _command(runs: Path, args: list[str]) -> list[str]:
     base = ["experiment=smoke", "task.name=toy", f"runs_dir={runs}", "train.eval_every=null"]
     base += ["task.train_limit=null", "task.eval_limit=null", "logging.log_every=1"]
-    return [sys.executable, "-c", toytask.SUBPROCESS.format(tests=TESTS), "train", *base, *ARGS]
+    return [sys.executable, "-c", toytask.SUBPROCESS.format(tests=TESTS), "train", *base, *args]
 
 
 def _env() -> dict[str, str]:
@@ -40,19 +40,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, monkeypatch):
+# Length-grouped batching (batching.epoch_order) must keep the promise too: its order is a function
+# of (seed, epoch), regenerated on resume.
+@pytest.mark.parametrize("extra", [[], ["train.group_by_length=true"]], ids=["plain", "grouped"])
+def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, monkeypatch, extra):
     monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "glue", "toytask")
+    args = [*ARGS, *extra]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same thread count as the subprocess: same float reductions
     try:
         # 1. the reference, uninterrupted, in this process
-        reference = train.run(toytask.config(tmp_path / "ref", *ARGS))
+        reference = train.run(toytask.config(tmp_path / "ref", *args))
         folder_ref = tmp_path / "ref" / reference["run"]["id"]
 
         # 2. the same command in a subprocess, killed once a checkpoint past KILL_AFTER_STEP exists
         runs = tmp_path / "killed"
         folder = runs / reference["run"]["id"]
-        proc = subprocess.Popen(_command(runs), env=_env(), stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(_command(runs, args), env=_env(), stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             steps = [int(p.name[5:]) for p in (folder / "checkpoint").glob("step-*")]
@@ -70,7 +74,7 @@ def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, monkeypatch):
 
         # 3. the same command again: resumes from the checkpoint and finishes
         rerun = subprocess.run(
-            _command(runs), env=_env(), capture_output=True, text=True, timeout=120
+            _command(runs, args), env=_env(), capture_output=True, text=True, timeout=120
         )
         assert rerun.returncode == 0, rerun.stderr[-2000:]
     finally:

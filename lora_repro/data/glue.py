@@ -21,7 +21,8 @@ from typing import Any
 
 from lora_repro.config import TaskConfig
 from lora_repro.data import TaskData
-from lora_repro.data.encoding import Encoded, PadCollate, encode
+from lora_repro.data.cache import encode_cached
+from lora_repro.data.encoding import Encoded, PadCollate
 from lora_repro.errors import ConfigError, check_choice
 from lora_repro.metrics.glue import Scorer
 
@@ -243,15 +244,19 @@ def build(cfg: TaskConfig, tokenizer: Any) -> TaskData:
         ", ".join(f"{k} {len(v)}" for k, v in evals.items()),
     )  # fmt: skip
     regression = not task.labels
-    enc = lambda rows: encode(rows, tokenizer, cfg.max_length, regression)  # noqa: E731
+
+    def enc(rows: list[Row], split: str) -> Encoded:
+        name = f"glue-{cfg.name}-{split}-len{cfg.max_length}"
+        return encode_cached(rows, tokenizer, cfg.max_length, regression, name)
+
     return TaskData(
         name=cfg.name,
         version=f"glue-{cfg.name}-{version}",
         head="classification",
         num_labels=task.num_labels,
         primary_metric=task.primary,
-        train=enc(train),
-        evals={name: enc(rows) for name, rows in evals.items()},
+        train=enc(train, "train"),
+        evals={name: enc(rows, name) for name, rows in evals.items()},
         collate=PadCollate(tokenizer, regression),
         metrics=Scorer(task.metrics),
     )
