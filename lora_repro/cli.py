@@ -39,6 +39,16 @@ def _summary(rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fail_the_job(code: int) -> None:
+    """Under Slurm, make the job itself exit non-zero (sacct FAILED) once submitit has written the
+    job's result: Hydra's launcher catches the run's failure into that result, which would otherwise
+    leave the job COMPLETED."""
+    if os.environ.get("SLURM_JOB_ID") and "submitit" in sys.argv[0]:
+        import atexit
+
+        atexit.register(os._exit, code)
+
+
 def cmd_train(argv: list[str]) -> int:
     """Train a config (a sweep with -m) into its run folder and write result.json."""
     import hydra
@@ -52,19 +62,28 @@ def cmd_train(argv: list[str]) -> int:
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def job(dcfg: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from lora_repro.config import RunConfig
         from lora_repro.train import RunFailed, run
 
+        # A sweep's run records even a setup error (bad data, bad labels) as a `failed` record in
+        # its folder, so the sweep summary and `lora-repro status` show it; a single run writes
+        # nothing for bad input.
+        swept = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             cfg = RunConfig.from_dict(OmegaConf.to_container(dcfg, resolve=True))
-            rec = run(cfg)
+            rec = run(cfg, record_setup_errors=swept)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             codes.append(2)
+            _fail_the_job(2)
             return
         except RunFailed as exc:
             print(f"error: run failed: {exc}", file=sys.stderr)
             codes.append(1)
+            _fail_the_job(1)
             return
         if main_rank:
             if rec.get("skipped"):

@@ -26,9 +26,8 @@ class Session:
         self.started, self.cpu0 = time.time(), time.process_time()
         self.folder = identity.run_dir(cfg)
         self.chash = identity.config_hash(cfg)
-        state = on_main(lambda: identity.prior_state(self.folder, self.chash), rt.rank, rt.world)
-        # An identical finished run: its record, and the caller skips it.
-        self.finished = record.read_json(self.folder / "result.json") if state == "done" else None
+        self.finished: dict[str, Any] | None = None
+        self.check_prior()
         self.history = record.History(self.folder / "history.jsonl")
         self.wandb = None
         # Setup messages are held until the run folder exists, then land at the top of log.txt.
@@ -39,6 +38,23 @@ class Session:
         if rt.main:
             logging.getLogger().addHandler(self.buffer)
             logging.getLogger().setLevel(min(self.root_level, logging.INFO))
+
+    def check_prior(self) -> None:
+        """Read what the folder holds: an identical finished run sets `finished` (the caller skips
+        it); a different config is a ConfigError. Checked again once the folder's lock is held."""
+        rt = self.rt
+        state = on_main(lambda: identity.prior_state(self.folder, self.chash), rt.rank, rt.world)
+        self.finished = record.read_json(self.folder / "result.json") if state == "done" else None
+
+    def clean_leftovers(self) -> None:
+        """What a killed attempt can leave: temp files of interrupted atomic writes, half-written
+        checkpoint folders, and (killed after result.json) the checkpoint of a finished run."""
+        if not self.rt.main or not self.folder.exists():
+            return
+        for tmp in [*self.folder.glob(".*.tmp"), *self.folder.glob("checkpoint/.tmp-step-*")]:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if self.finished is not None and not self.cfg.train.keep_checkpoint:
+            shutil.rmtree(self.folder / "checkpoint", ignore_errors=True)
 
     def open_folder(self) -> None:
         """Create the run folder: config.yaml, log.txt (with the setup log so far), wandb."""

@@ -95,6 +95,17 @@ def outcome(p: Planned) -> str:
     return rec.get("status", "no record") if rec else "no record"
 
 
+def explain(p: Planned) -> str:
+    """A run that did not succeed, in one line: its status and the recorded error."""
+    if p.state == "waiting":
+        return "waiting"
+    rec = _read(p.folder / "result.json") or {}
+    error = str(rec.get("error") or "").strip().splitlines()
+    return rec.get("status", "no record (killed, or never started)") + (
+        f": {error[0]}" if error else ""
+    )
+
+
 def summary(planned: Sequence[Planned], before: dict[str, str]) -> str:
     """One line: how many runs were already done, and how the launched ones ended."""
     counts = Counter(

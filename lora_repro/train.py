@@ -34,6 +34,7 @@ from lora_repro.distributed import Runtime, gather, on_main
 from lora_repro.errors import ConfigError
 from lora_repro.evaluate import better
 from lora_repro.job import FitResult, Job, after_fit, make_record
+from lora_repro.lock import RunLock
 from lora_repro.losses import loss_sum, n_targets
 from lora_repro.optim import linear_schedule, param_groups
 from lora_repro.session import Session
@@ -97,6 +98,8 @@ def fit(job: Job) -> FitResult:
     pos = LoopState()
     ckpt_dir = s.folder / "checkpoint"
     found = on_main(lambda: checkpoint.latest(ckpt_dir), rt.rank, rt.world)
+    if found is None and rt.main:
+        s.history.truncate(0)  # rows of an attempt killed before its first checkpoint
     if found is not None:
         state = checkpoint.load(
             found, raw, {"optimizer": opt, "scheduler": sched, "scaler": scaler, "position": pos}
@@ -198,22 +201,40 @@ def fit(job: Job) -> FitResult:
     return FitResult(total, per_epoch, pos.best, pos.last, pos.train_time, pos.tokens)
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
+def run(cfg: RunConfig, record_setup_errors: bool = False) -> dict[str, Any]:
     """Train one config into its run folder and write its record (see record.py); return the record
-    as written. An identical finished run is skipped; a ConfigError in setup writes nothing; any
-    later failure writes a `failed` (or `oom`) record and raises RunFailed."""
+    as written. An identical finished run is skipped; a ConfigError in setup writes nothing (with
+    `record_setup_errors`, as a sweep's runs do: a `failed` record, then the ConfigError); any later
+    failure writes a `failed` (or `oom`) record and raises RunFailed."""
     rt = Runtime.start(cfg.train.device, cfg.train.precision)
     s = Session(cfg, rt)
+    lock = RunLock(s.folder)
+    if s.finished is None:  # one writer per folder: a second launch is refused, not raced
+        try:
+            on_main(lambda: lock.acquire() and None, rt.rank, rt.world)
+            s.check_prior()  # under the lock: another launch may have finished it meanwhile
+        except ConfigError:
+            s.close()
+            raise
     if s.finished is not None:
         log.info("skip: %s already finished with this config (hash %s)", s.folder, s.chash)
+        s.clean_leftovers()
+        lock.release()
         s.close()
         return {**s.finished, "skipped": True}
+    s.clean_leftovers()
     failure: BaseException | None = None
     job, result = None, None
     try:
         job = Job(cfg, rt, build(cfg, rt.device, rt.world), s)
-    except ConfigError:
-        s.close()
+    except ConfigError as exc:
+        if record_setup_errors:
+            s.open_folder()
+            s.finish(make_record(cfg, s, None, None, exc))
+            lock.release()
+        else:
+            lock.release(remove_empty=True)
+            s.close()
         raise
     except Exception as exc:  # e.g. out of memory while moving the model to the GPU
         failure = exc
@@ -225,6 +246,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             failure = exc
     rec = make_record(cfg, s, job, result, failure)
     s.finish(rec)
+    lock.release()
     if failure is not None:
         raise RunFailed(rec.error) from failure
     return rec.to_dict()

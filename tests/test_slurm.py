@@ -153,3 +153,34 @@ def test_preempted_run_is_requeued_and_resumes_from_its_checkpoint(tmp_path: Pat
     (rec,) = [json.loads(p.read_text()) for p in tmp_path.rglob("result.json")]
     assert rec["status"] == "success" and rec["cost"]["steps"] == 160
     assert rec["run"]["resumed_from_step"] > 0, "the requeued job resumed from its checkpoint"
+
+
+def test_a_run_that_fails_in_setup_leaves_a_failed_record_and_a_failed_job(tmp_path: Path):
+    """Bad data in one run of a sweep: the run's folder gets a `failed` record with the one-line
+    error, its Slurm job exits non-zero (sacct FAILED), and the sweep summary prints the error."""
+    good = ROOT / "tests/fixtures/glue/SST-2"
+    bad = tmp_path / "bad-SST-2"
+    bad.mkdir()
+    (bad / "dev.tsv").write_text((good / "dev.tsv").read_text())
+    lines = (good / "train.tsv").read_text().splitlines()
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\t7"  # a label SST-2 does not have
+    (bad / "train.tsv").write_text("\n".join(lines) + "\n")
+    runs = tmp_path / "runs"
+    res = lora("train", "-m", "experiment=smoke", *CPU_ONLY, f"runs_dir={runs}",
+               f"task.data_dir={good},{bad}", "seed=3")  # fmt: skip
+    log = res.stdout + res.stderr
+    assert res.returncode == 1, log
+    (rec,) = [json.loads(p.read_text()) for p in runs.rglob("result.json")
+              if json.loads(p.read_text())["status"] == "failed"]  # fmt: skip
+    assert rec["error"].startswith("ConfigError: ") and "label '7'" in rec["error"], rec["error"]
+    assert rec["environment"]["slurm_job_id"]
+    assert f": failed: {rec['error']}" in log, log  # the sweep names the error, not just "failed"
+    job = rec["environment"]["slurm_job_id"]
+    deadline = time.time() + 60
+    while True:  # sacct learns the exit code a moment after the job ends
+        state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True,
+                               text=True).stdout.split()  # fmt: skip
+        if (state and state[0] != "RUNNING") or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert state and state[0] == "FAILED", state

@@ -113,7 +113,7 @@ class SkipDoneSweeper(BasicSweeper):
         log.info("sweep: %s", done)
         bad = [p for p in planned if before[p.run_id] != "done" and sweep.outcome(p) != "success"]
         for p in bad:
-            log.error("  %s: %s", p.run_id, p.state if p.state == "waiting" else sweep.outcome(p))
+            log.error("  %s: %s", p.run_id, sweep.explain(p))
         if bad:  # a non-zero exit (the CLI returns SystemExit's code); relaunching retries these
             log.error("%d run(s) did not succeed; the same command relaunches only those", len(bad))
             raise SystemExit(1)
