@@ -1,6 +1,6 @@
 """`lora-repro <command> ...`: the entry point, and the top of the import graph (nothing imports it).
 
-Two grammars, one per kind of command: `train` and `count` compose a run config from conf/ with Hydra
+Two grammars, one per kind of command: `train`, `count` and `status` compose configs from conf/ with Hydra
 overrides (compose.py) and convert it once to typed dataclasses; every other command takes argparse
 flags (`--runs-dir DIR`) and dispatches to the package that owns it: weights/ (saved adapters),
 nlg/ (decode, score), analysis/ (§7, tables), bench/.
@@ -110,6 +110,17 @@ def cmd_count(argv: list[str]) -> int:
     return 0
 
 
+def cmd_status(argv: list[str]) -> int:
+    """Where each run of a sweep stands, from its folders (records and locks): done / running /
+    failed / unfinished / waiting / missing, with the primary metric or the error line:
+    lora-repro status experiment=NAME [the sweep's other overrides, as for train -m]"""
+    from lora_repro.status import report
+
+    text, _ = report(argv)
+    print(text)
+    return 0
+
+
 def cmd_adapter(argv: list[str]) -> int:
     """Saved adapters (lora_repro.weights.cli): info, merge, export-peft, combine; each has --help."""
     from lora_repro.weights.cli import cmd_adapter as run
@@ -171,6 +182,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "generate": cmd_generate,
     "score": cmd_score,
     "analyze": cmd_analyze,
+    "status": cmd_status,
     "collect": cmd_collect,
     "tables": cmd_tables,
     "bench": cmd_bench,
@@ -185,6 +197,7 @@ commands:
   generate  beam-search decode + score a trained NLG run: generate --run-dir DIR [--split test]
   score     score NLG outputs: score --task e2e --refs REFS --hyps HYPS
   analyze   subspace | spectrum | amplification of trained runs (§7): CSV, figures, Markdown
+  status    where each run of a sweep stands: status experiment=NAME [overrides as for train -m]
   collect   runs/<experiment>/**/result.json -> results/<experiment>.jsonl
   tables    table2|table3|table5|table6|table18|lr|params|all from results/: Markdown + LaTeX
   bench     time, memory, params and checkpoint bytes per method; LoRA latency (--help for flags)
@@ -205,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # count prints its docstring and the composed config; train shows Hydra's own help, and every
     # other command its argparse help.
+    if rest and rest[0] in ("-h", "--help") and command == "status":
+        print((COMMANDS[command].__doc__ or "").strip())
+        return 0
     if rest and rest[0] in ("-h", "--help") and command == "count":
         from omegaconf import OmegaConf
 
@@ -216,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print("interrupted; a training run resumes from its last checkpoint when launched again",
+              file=sys.stderr)  # fmt: skip
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from lora_repro.errors import ConfigError
 from lora_repro.paths import CONF_DIR
 
 
-def compose(overrides: list[str], config_name: str = "config") -> Any:
+def compose(
+    overrides: list[str], config_name: str = "config", return_hydra_config: bool = False
+) -> Any:
     """Compose conf/ with Hydra overrides; unknown group options become one-line ConfigErrors."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -21,7 +23,9 @@ def compose(overrides: list[str], config_name: str = "config") -> Any:
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=overrides)
+            return hydra_compose(
+                config_name, overrides=overrides, return_hydra_config=return_hydra_config
+            )
     except HydraException as exc:
         check_overrides(overrides)
         bad = [ov for ov in overrides if f"'{ov.partition('=')[0]}'" in str(exc)]

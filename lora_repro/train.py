@@ -129,6 +129,7 @@ def fit(job: Job) -> FitResult:
         pos.last = row
 
     bar = job.progress(total=total, initial=pos.step, desc="train")
+    window = (pos.train_time, pos.tokens)  # (training time, tokens) at the last log line
     model.train()
     while pos.step < total:
         # A fresh order each epoch from (seed, epoch): resuming mid-epoch regenerates it exactly.
@@ -183,6 +184,14 @@ def fit(job: Job) -> FitResult:
                     {"event": "train", "step": pos.step, "epoch": epoch, "loss": loss, "lr": lr}
                 )
                 bar.set_postfix(loss=f"{loss:.4f}")
+                # log.txt and Slurm logs show progress: off a terminal, tqdm is invisible
+                dt, dn = pos.train_time - window[0], pos.tokens - window[1]
+                left = (total - pos.step) * pos.train_time / pos.step  # training time; evals extra
+                log.info(
+                    "step %d/%d (epoch %.2f): loss %.4f, lr %.2e, %.0f tokens/s, %s left",
+                    pos.step, total, epoch, loss, lr, dn / max(dt, 1e-9), _duration(left),
+                )  # fmt: skip
+                window = (pos.train_time, pos.tokens)
                 pos.run_loss, pos.run_n = 0.0, 0
             end_of_epoch = pos.batch == per_epoch
             if end_of_epoch:
@@ -199,6 +208,11 @@ def fit(job: Job) -> FitResult:
                 break  # a new order for the next epoch
     bar.close()
     return FitResult(total, per_epoch, pos.best, pos.last, pos.train_time, pos.tokens)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def run(cfg: RunConfig, record_setup_errors: bool = False) -> dict[str, Any]:
@@ -244,6 +258,10 @@ def run(cfg: RunConfig, record_setup_errors: bool = False) -> dict[str, Any]:
             result = after_fit(job, fit(job))
         except Exception as exc:
             failure = exc
+        except KeyboardInterrupt:  # no record: relaunching resumes from the last checkpoint
+            lock.release()
+            s.close()
+            raise
     rec = make_record(cfg, s, job, result, failure)
     s.finish(rec)
     lock.release()

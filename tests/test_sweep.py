@@ -155,3 +155,37 @@ def test_sweeper_stages_runs_that_start_from_another_runs_adapter(
     with caplog.at_level("INFO"):
         assert main(args) == 0
     assert "sweep plan: 2 runs: 2 done" in caplog.text and not re.findall(r"#\d+ : ", caplog.text)
+
+
+def test_status_reads_every_state_from_the_folders(tmp_path: Path, capsys, monkeypatch):
+    """`lora-repro status`: done with its metric, failed with its error, running (a live lock),
+    unfinished (a folder, no record, no live owner), missing, from the same overrides as train -m."""
+    import os
+
+    import toytask
+
+    from lora_repro import lock, train
+
+    monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "glue", "toytask")
+    base = ["experiment=smoke", "task.name=toy", f"runs_dir={tmp_path}", "train.eval_every=null",
+            "task.train_limit=null", "task.eval_limit=null", "logging.log_every=1",
+            "train.max_steps=2"]  # fmt: skip
+    cfg = {s: toytask.config(tmp_path, "train.max_steps=2", f"seed={s}") for s in range(5)}
+    train.run(cfg[0])
+    failed = finish(cfg[1], "failed")
+    rec = json.loads((failed / "result.json").read_text())
+    record.write_result(failed, {**rec, "error": "RuntimeError: boom\nTraceback ..."})
+    folders = {s: identity.run_dir(c) for s, c in cfg.items()}
+    folders[2].mkdir(parents=True)
+    (folders[2] / lock.NAME).write_text(json.dumps({**lock.owner(), "pid": os.getppid()}))
+    folders[3].mkdir(parents=True)  # killed: no record, no lock
+    assert main(["status", *base, "seed=0,1,2,3,4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    by_seed = {int(line.split()[1].rsplit("/s", 1)[1]): line for line in out[:-1]}
+    assert by_seed[0].startswith("done ") and "dev/accuracy = " in by_seed[0]
+    assert by_seed[1].startswith("failed ") and by_seed[1].endswith("RuntimeError: boom")
+    assert by_seed[2].startswith("running ") and f"pid {os.getppid()} on " in by_seed[2]
+    assert by_seed[3].startswith("unfinished ") and by_seed[4].startswith("missing ")
+    assert out[-1] == "5 runs: 1 done, 1 failed, 1 missing, 1 running, 1 unfinished"
+    assert main(["status", "seed=0"]) == 2
+    assert "status needs experiment=<name>" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,26 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused(tmp_path, monkeypatch):
             )
         )
     assert not (tmp_path / "fp16").exists()
+
+
+def test_log_txt_shows_progress_and_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    rec = train.run(toytask.config(tmp_path, "train.max_steps=4", "logging.log_every=2"))
+    log_txt = (tmp_path / rec["run"]["id"] / "log.txt").read_text()
+    assert re.search(
+        r"step 2/4 \(epoch [0-9.]+\): loss [0-9.]+, lr [0-9.e+-]+, \d+ tokens/s, 0m\d\ds left",
+        log_txt,
+    )
+    assert "step 4/4 " in log_txt
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", interrupted)
+    from lora_repro.cli import main
+
+    code = main(["train", "experiment=smoke", "task.name=toy", f"runs_dir={tmp_path / 'k'}",
+                 "task.train_limit=null", "task.eval_limit=null"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1].startswith("interrupted; a training run resumes")
+    assert "Traceback" not in "\n".join(err)
+    assert not list((tmp_path / "k").rglob(".lock"))  # the lock went with it
