@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from lora_repro.errors import ConfigError, check_choice, check_positive
+from lora_repro.errors import ConfigError, check_choice, check_positive, check_types
 from lora_repro.methods import method_config
 from lora_repro.methods.base import MethodConfig
 from lora_repro.models import ModelConfig
@@ -24,33 +24,6 @@ def check_range(what: str, value: float, low: float, high: float) -> None:
     """Raise a ConfigError unless low <= value < high."""
     if not low <= value < high:
         raise ConfigError(f"{what} must be in [{low}, {high}), got {value!r}")
-
-
-_SCALARS = {"int": int, "float": (int, float), "str": str, "bool": bool}
-
-
-def check_types(kind: type, values: dict[str, Any], what: str) -> None:
-    """One-line errors for scalars of the wrong type (`train.lr=abc`), before they reach a check that
-    would fail with a Python TypeError. Only plain annotations (`float`, `int | None`) are checked.
-    Integers given for float fields become floats (`epochs: 2` and `2.0` are the same config)."""
-    for f in fields(kind):
-        if f.name not in values or not isinstance(f.type, str):
-            continue
-        parts = [p.strip() for p in f.type.split("|")]
-        if not all(p in _SCALARS or p == "None" for p in parts):
-            continue
-        value = values[f.name]
-        if value is None and "None" in parts:
-            continue
-        ok = any(
-            isinstance(value, _SCALARS[p]) and (p == "bool" or not isinstance(value, bool))
-            for p in parts
-            if p != "None"
-        )
-        if not ok:
-            raise ConfigError(f"{what} {f.name} must be {f.type}, got {value!r}")
-        if "float" in parts and "int" not in parts and not isinstance(value, bool):
-            values[f.name] = float(value)
 
 
 @dataclass

@@ -96,6 +96,15 @@ def test_cfg_job_and_help_show_the_composed_config(capsys):
         ("train.lr=-1e-4", "train lr must be > 0, got -0.0001"),
         ("train.lr=fast", "train lr must be float, got 'fast'"),
         ("train.max_steps=0", "train max_steps must be > 0, got 0"),
+        ("method.r=abc", "method lora r must be int, got 'abc'"),
+        ("method.r=8.5", "method lora r must be int, got 8.5"),
+        ("method.layers=abc", "method lora layers must be list[int] | None, got 'abc'"),
+        ("method.layers=[]", "the layer list is empty; valid: block indices 0..1, or null for all"),
+        ("method.targets=", "lora targets is empty; valid: letters q, k, v, o, f1, f2"),
+        (
+            "method.ranks={q:two}",
+            "method lora ranks must be dict[str, int] | None, got {'q': 'two'}",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, override, message):
@@ -168,6 +177,11 @@ def test_multirun_sweeps_with_the_basic_launcher(tmp_path, capsys, one_thread):
 def test_count_still_works(capsys):
     assert main(["count", "model=roberta-base"]) == 0
     assert json.loads(capsys.readouterr().out)["method_params"] == 294_912  # 2·12·2·768·8 (§4)
+    # per-letter ranks, with the README's syntax: 12 layers x 768 x 2 x (8 + 4)
+    assert main(["count", "model=roberta-base", "method.ranks={q:8,v:4}"]) == 0
+    assert json.loads(capsys.readouterr().out)["method_params"] == 12 * 768 * 2 * (8 + 4)
+    assert main(["count", "model=roberta-base", "method=full_topk", "method.k=13"]) == 2
+    assert "full_topk k=13 exceeds the model's 12 blocks; valid: 1..12" in capsys.readouterr().err
 
 
 def test_conf_has_no_stray_groups():

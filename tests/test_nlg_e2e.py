@@ -176,3 +176,36 @@ def test_train_cli_decodes_with_the_best_weights_and_records_the_scores(
     assert meta["method"]["name"] == "lora" and meta["head"] == "lm"
     assert main(["generate", "--run-dir", str(folder), "--metrics", "BLEU"]) == 0
     assert (folder / "generate" / "test.hyp.txt").read_text() == hyps
+
+
+def test_score_keeps_an_empty_last_hypothesis_and_names_non_utf8_files(
+    tmp_path: Path, capsys
+) -> None:
+    refs = tmp_path / "r.txt"
+    refs.write_text("the cat sat\n\nthe dog ran\n")
+    hyps = tmp_path / "h.txt"
+    hyps.write_text("the cat sat\n\n")  # the last hypothesis is empty: two lines, not one
+    assert (
+        main(
+            [
+                "score",
+                "--task",
+                "e2e",
+                "--refs",
+                str(refs),
+                "--hyps",
+                str(hyps),
+                "--metrics",
+                "BLEU",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    hyps.write_bytes(b"the cat \xff sat\nthe dog ran\n")
+    assert main(["score", "--task", "e2e", "--refs", str(refs), "--hyps", str(hyps)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and err[0] == f"error: {hyps} is not UTF-8 text (byte 8: b'\\xff'); valid: UTF-8 files"
+    )

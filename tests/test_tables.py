@@ -254,3 +254,21 @@ def test_table2_of_a_study_without_the_papers_models_shows_only_its_tasks():
     t = tables.table2(results.frame(recs))
     assert t.header == ["model", "method", "params", "SST-2", "RTE", "Avg"]
     assert t.rows == [["minilm", LORA, "0.29M", "80.0 [1]", "80.0 [1]", "80.0"]]
+
+
+def test_lora_tables_accept_an_experiment_that_mixes_methods(tmp_path: Path, capsys):
+    """tables table5 / table6 / table18 / all on a lora,bitfit sweep: LoRA's rows and a note, not a
+    TypeError or rows named after BitFit's letters."""
+    recs = [rec("roberta-base", "sst2", LORA, s, 0.90 + s / 100, exp="smoke") for s in range(2)]
+    recs += [rec("roberta-base", "sst2", "bitfit", s, 0.80, exp="smoke", r=None, targets=None)
+             for s in range(2)]  # fmt: skip
+    res = _write(tmp_path, recs)
+    (res / "smoke.jsonl").write_text((res / "x.jsonl").read_text())
+    for name in ("table5", "table6", "table18"):
+        table = tables.build(name, res, ["smoke"])
+        assert "LoRA runs only; left out: 2 run(s) of bitfit" in table.notes
+        assert not any("Wb" in c for row in table.rows for c in row)
+    six = tables.build("table6", res, ["smoke"])
+    assert any(row[:3] == ["roberta-base", "SST-2", "Wq, Wv"] and row[6].startswith("90.5")
+               for row in six.rows), six.rows  # fmt: skip
+    assert main(["tables", "all", "--experiments", "smoke", "--results-dir", str(res)]) == 0

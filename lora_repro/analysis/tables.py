@@ -60,6 +60,21 @@ def table3(df: pd.DataFrame) -> Table:
     )
 
 
+def lora_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The LoRA runs of `df` (Tables 5, 6 and 18 compare LoRA settings) and a note naming what else
+    the experiments hold, so a mixed sweep's table is LoRA's rows, not garbage."""
+    if df.empty or "method" not in df:
+        return df, []
+    keep = df["method"] == "lora"
+    others = sorted(set(df.loc[~keep, "method"].dropna()))
+    note = (
+        [f"LoRA runs only; left out: {int((~keep).sum())} run(s) of {', '.join(others)}"]
+        if others
+        else []
+    )
+    return df[keep], note
+
+
 def arm(run: pd.Series) -> str:
     return f"{run['targets']}{int(run['r'])}" if pd.notna(run.get("r")) else str(run["method_tag"])
 
@@ -70,6 +85,7 @@ def _arm_label(a: str) -> str:
 
 
 def table5(df: pd.DataFrame) -> Table:
+    df, left_out = lora_runs(df)
     paper = pd.read_csv(PAPER_DIR / "table5_which_matrices.csv")
     combos = sorted({(m, t) for m, t in zip(df["model"], df["task"], strict=True)})
     cols = {f"{m} {GLUE.get(t, t)}": headline(t) for m, t in combos}
@@ -83,7 +99,7 @@ def table5(df: pd.DataFrame) -> Table:
         rows.append([_arm_label(a), *(row[c].text("median", 1) for c in cols), *ref])
     notes = ["Same budget in every row: r·|W| = 8 rank-units per layer; GLUE: primary dev metric ×100, "
              "E2E: test BLEU; median over seeds ±sd [n runs]; last two columns: the paper's GPT-3 175B "
-             "(validation accuracy)"]  # fmt: skip
+             "(validation accuracy)", *left_out]  # fmt: skip
     header = ["weights", *cols, "GPT-3 WikiSQL (paper)", "GPT-3 MultiNLI (paper)"]
     return Table("table5", "Table 5 analogue: which weight matrices", header, rows, notes)
 
@@ -94,6 +110,7 @@ def at_rank(r: int) -> Getter:
 
 
 def table6(df: pd.DataFrame) -> Table:
+    df, left_out = lora_runs(df)
     paper = pd.read_csv(PAPER_DIR / "table6_rank.csv")
     ranks = (
         sorted({*(int(r) for r in df["r"].dropna()), 1, 2, 4, 8, 64})
@@ -110,7 +127,7 @@ def table6(df: pd.DataFrame) -> Table:
         rows.append(["GPT-3 175B (paper)", p["task"], ", ".join(f"W{c}" for c in p["weights"]),
                      *(f"{p[f'r{r}']:.1f}" if f"r{r}" in p else "" for r in ranks)])  # fmt: skip
     notes = ["GLUE: primary dev metric ×100, E2E: test BLEU; median over seeds ±sd [n runs]; α fixed at "
-             "the first r tried (§4.1), so α/r shrinks as r grows, as in the paper"]  # fmt: skip
+             "the first r tried (§4.1), so α/r shrinks as r grows, as in the paper", *left_out]  # fmt: skip
     return Table(
         "table6", "Table 6 analogue: rank r", ["model", "task", "weights", *cols], rows, notes
     )
@@ -121,6 +138,7 @@ T18 = {"val_loss": ("loss", 2), "BLEU": ("BLEU", 2), "NIST": ("NIST", 4), "METEO
 
 
 def table18(df: pd.DataFrame) -> Table:
+    df, left_out = lora_runs(df)
     paper = pd.read_csv(PAPER_DIR / "table18_e2e_rank.csv").set_index("rank")
     cols = {k: value("e2e", name) for k, (name, _) in T18.items()}
     cells = fill(df, lambda run: (run["model"], int(run["r"])), cols)
@@ -138,7 +156,8 @@ def table18(df: pd.DataFrame) -> Table:
                 )
             rows.append([model, str(r), *(row[c].text("mean", d) for c, (_, d) in T18.items())])
     notes = ["E2E: validation loss at the best epoch; generation metrics on test (METEOR and ROUGE-L "
-             "in [0, 1], as Table 18 prints them); mean over seeds ±sd [n runs] (paper: GPT-2 medium)"]  # fmt: skip
+             "in [0, 1], as Table 18 prints them); mean over seeds ±sd [n runs] (paper: GPT-2 medium)",
+             *left_out]  # fmt: skip
     return Table(
         "table18", "Table 18: GPT-2 medium on E2E vs rank r", ["model", "r", *cols], rows, notes
     )

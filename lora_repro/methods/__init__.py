@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
-from lora_repro.errors import ConfigError, check_choice
+from lora_repro.errors import ConfigError, check_choice, check_types
 from lora_repro.methods import adapters, bitfit, full, lora, prefix
 from lora_repro.methods.base import MethodConfig
 from lora_repro.models import head_params
@@ -46,6 +46,7 @@ def method_config(values: dict[str, Any]) -> MethodConfig:
     extra = sorted(set(values) - known)
     if extra:
         raise ConfigError(f"unknown key(s) {extra} for method {name!r}; valid: {sorted(known)}")
+    check_types(cls, values, f"method {name}")
     return cls(**values)
 
 

@@ -18,6 +18,10 @@ def select_layers(layers: list[int] | None, n_blocks: int) -> list[int]:
     """Block indices to adapt: all of them by default; negative indices count from the top."""
     if layers is None:
         return list(range(n_blocks))
+    if not layers:
+        raise ConfigError(
+            f"the layer list is empty; valid: block indices 0..{n_blocks - 1}, or null for all"
+        )
     out = []
     for i in layers:
         if not -n_blocks <= i < n_blocks:

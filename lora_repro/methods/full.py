@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lora_repro.errors import check_positive
+from lora_repro.errors import ConfigError, check_positive
 from lora_repro.methods.base import MethodConfig
 from lora_repro.models import blocks
 
@@ -33,5 +33,10 @@ def apply(model: nn.Module, cfg: Config, family: str) -> None:
 
 def apply_topk(model: nn.Module, cfg: TopKConfig, family: str) -> None:
     # FTTop2 (Li & Liang 2021, as quoted in §5.1): the last two layers; the head is added by the caller.
-    for block in list(blocks(model, family))[-cfg.k :]:
+    block_list = list(blocks(model, family))
+    if cfg.k > len(block_list):
+        raise ConfigError(
+            f"full_topk k={cfg.k} exceeds the model's {len(block_list)} blocks; valid: 1..{len(block_list)}"
+        )
+    for block in block_list[-cfg.k :]:
         block.requires_grad_(True)

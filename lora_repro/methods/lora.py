@@ -164,11 +164,15 @@ class Config(MethodConfig):
     dropout: float = 0.0
     init: str = "kaiming"  # kaiming (released code) | gaussian (paper text)
     rslora: bool = False
-    ranks: dict[str, int] = field(default_factory=dict)
+    ranks: dict[str, int] | None = field(default_factory=dict)  # null in YAML: none
     layers: list[int] | None = None  # block indices to adapt; None = all
     adapter_name: str = "default"
 
     def __post_init__(self) -> None:
+        if self.ranks is None:  # conf/method/lora.yaml: null, so `method.ranks={q:8,v:4}` composes
+            self.ranks = {}
+        if not self.targets:
+            raise ConfigError("lora targets is empty; valid: letters q, k, v, o, f1, f2 (e.g. qv)")
         check_positive("lora r", self.r)
         check_positive("lora alpha", self.alpha)
         for letter, r in self.ranks.items():

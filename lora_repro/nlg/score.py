@@ -23,7 +23,20 @@ from lora_repro.errors import ConfigError
 def _read_text(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(f"file {path} does not exist")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "valid: UTF-8 files"
+        ) from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """One entry per line; a final newline ends the last line rather than starting an empty one,
+    so an empty last hypothesis ("...\n\n") stays a hypothesis."""
+    text = _read_text(path)
+    return (text[:-1] if text.endswith("\n") else text).split("\n")
 
 
 def read_reference_groups(paths: list[Path]) -> list[list[str]]:
@@ -73,7 +86,7 @@ def cmd_score(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     refs = read_reference_groups([Path(p) for p in args.refs])
-    hyps = _read_text(Path(args.hyps)).rstrip("\n").split("\n")
+    hyps = read_lines(Path(args.hyps))
     if len(hyps) != len(refs):
         raise ConfigError(f"{len(hyps)} hypotheses in {args.hyps} but {len(refs)} reference groups")
     empty = [i + 1 for i, g in enumerate(refs) if not g]
