@@ -108,7 +108,14 @@ def test_train_decode_score_and_regenerate(tmp_path: Path) -> None:
     assert (
         main(["generate", "--run-dir", str(run_dir), "--batch-size", "3", "--metrics", "BLEU"]) == 0
     )
-    assert (out / "test.hyp.txt").read_text() == first
+    (again,) = run_dir.glob("decode/test_beam*/test.hyp.txt")  # its own folder, named from settings
+    assert again.read_text() == first
+    # a --limit decode never overwrites what training recorded, nor the full decode
+    recorded = (out / "test.scores.json").read_text()
+    assert main(["generate", "--run-dir", str(run_dir), "--limit", "1", "--metrics", "BLEU"]) == 0
+    assert (out / "test.scores.json").read_text() == recorded
+    (short,) = run_dir.glob("decode/*_n1/test.hyp.txt")
+    assert len(short.read_text().splitlines()) == 1 and again.read_text() == first
 
 
 def test_generate_and_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

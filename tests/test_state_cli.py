@@ -142,3 +142,34 @@ def test_help_is_argparse_help(capsys):
         main(["adapter", "--help"])
     assert exc.value.code == 0
     assert "info,merge,export-peft,combine" in capsys.readouterr().out
+
+
+def test_out_never_destroys_a_run_folder_or_unrelated_files(base_dir, tmp_path, capsys):
+    """merge/combine/export-peft --out: a run folder (or a folder inside one) is refused, as is an
+    existing folder of other files unless --force; a folder the command wrote can be rewritten."""
+    make_adapter(base_dir, tmp_path / "a", seed=1)
+    run = tmp_path / "run"
+    make_adapter(base_dir, run, seed=2)
+    (run / "result.json").write_text('{"status": "success"}')
+    (run / "history.jsonl").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    for argv in (["merge", str(run), "--out", str(run)],
+                 ["combine", str(run), str(run), "--out", str(run)],
+                 ["export-peft", str(tmp_path / "a"), "--out", str(run / "peft")],
+                 ["merge", str(run), "--out", str(run), "--force"]):  # fmt: skip
+        assert main(["adapter", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "the run folder" in err[0], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("months of work")
+    assert main(["adapter", "combine", str(tmp_path / "a"), "--out", str(other)]) == 2
+    assert "holds files this command did not write" in capsys.readouterr().err
+    assert (other / "thesis.tex").read_text() == "months of work"
+    out = tmp_path / "c"
+    assert main(["adapter", "combine", str(tmp_path / "a"), "--out", str(out)]) == 0
+    assert main(["adapter", "combine", str(tmp_path / "a"), "--out", str(out)]) == 0  # its own
+    assert main(["adapter", "combine", str(tmp_path / "a"), "--out", str(other), "--force"]) == 0

@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,9 +204,11 @@ def run_generation(
     out_dir: str | Path,
     batch_size: int = 8,
     metrics: list[str] | None = None,
+    subdir: str = "generate",
 ) -> dict[str, float]:
-    """Decode `task.generate_split`, write predictions and scores under `out_dir/generate/`, return
-    the scores (`metrics`: a subset of the task's, default all). Files: `<split>.jsonl` (context, prediction, references), `<split>.hyp.txt` and
+    """Decode `task.generate_split`, write predictions and scores under `out_dir/<subdir>/` (training
+    writes the run's own decode to `generate/`), return the scores (`metrics`: a subset of the
+    task's, default all). Files: `<split>.jsonl` (context, prediction, references), `<split>.hyp.txt` and
     `<split>.ref.txt` (e2e-metrics layout: one reference per line, a blank line between inputs, so the
     official scripts can re-score them) and `<split>.scores.json`."""
     from lora_repro.atomic import write_atomic
@@ -218,7 +221,7 @@ def run_generation(
     hyps = generate_texts(model, tokenizer, inputs, settings, batch_size)
     refs = [ex["references"] for ex in inputs]
     scores = score_task(task.name, hyps, refs, [ex.get("seen") for ex in inputs], metrics)
-    out = Path(out_dir) / "generate"
+    out = Path(out_dir) / subdir
     keep = ("context", "references", "category", "seen")
     rows = [
         {**{k: ex[k] for k in keep if k in ex}, "prediction": h}
@@ -282,6 +285,25 @@ def cmd_generate(argv: list[str]) -> int:
     load_adapter(model, args.adapter or run_dir, cfg.model.family, base=cfg.model)
     model.to(device)
     metrics = args.metrics.split(",") if args.metrics else None
-    scores = run_generation(model, tokenizer, task, run_dir, args.batch_size, metrics)
+    # An ad-hoc decode never overwrites the scores training recorded (generate/): it gets its own
+    # folder named from its settings, so two different decodes never share one either.
+    tag = decode_tag(task, args.limit, args.adapter)
+    scores = run_generation(
+        model, tokenizer, task, run_dir, args.batch_size, metrics, f"decode/{tag}"
+    )
     print(json.dumps(scores))
+    print(f"wrote {run_dir / 'decode' / tag}", file=sys.stderr)
     return 0
+
+
+def decode_tag(task: Any, limit: int | None, adapter: str | None) -> str:
+    """e.g. `test_beam10_lp0.9_nr4_max64`, plus `_n5` for --limit and the adapter's short hash."""
+    import hashlib
+
+    tag = (f"{task.generate_split}_beam{task.beam_size}_lp{task.length_penalty:g}"
+           f"_nr{task.no_repeat_ngram_size}_max{task.max_new_tokens}")  # fmt: skip
+    if limit:
+        tag += f"_n{limit}"
+    if adapter:
+        tag += "_adapter" + hashlib.sha256(str(Path(adapter).resolve()).encode()).hexdigest()[:8]
+    return tag

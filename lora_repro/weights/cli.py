@@ -62,6 +62,42 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+MARK = ".lora_repro_output"  # in every folder these commands write: theirs to replace
+
+
+def is_run_folder(folder: Path) -> bool:
+    if (folder / "result.json").exists() or (folder / "history.jsonl").exists():
+        return True
+    try:
+        return (folder / "config.yaml").read_text().startswith("# config_hash:")
+    except OSError:
+        return False
+
+
+def check_out(out: str | Path, force: bool) -> Path:
+    """Refuse an --out that would destroy something: a run folder (or a folder inside one), or an
+    existing non-empty folder these commands did not write (unless --force)."""
+    path = Path(out).resolve()
+    for folder in (path, *path.parents):
+        if is_run_folder(folder):
+            raise ConfigError(
+                f"--out {out} is {'' if folder == path else 'inside '}the run folder {folder}; "
+                "valid: a new folder outside the run folders"
+            )
+    if path.is_dir() and any(path.iterdir()) and not (path / MARK).exists() and not force:
+        raise ConfigError(
+            f"--out {out} exists and holds files this command did not write; valid: a new or "
+            "empty folder, or --force to replace it"
+        )
+    return path
+
+
+def _mark(out: str | Path, command: str) -> None:
+    (Path(out) / MARK).write_text(
+        json.dumps({"written_by": f"lora-repro adapter {command}"}) + "\n"
+    )
+
+
 def _merge(args: argparse.Namespace) -> int:
     from lora_repro.models import tokenizer_source
     from lora_repro.weights.export import export_merged
@@ -75,6 +111,7 @@ def _merge(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ConfigError) as exc:
         log.warning("no tokenizer saved with the merged model (%s)", exc)
     out = export_merged(model, args.out, tokenizer)
+    _mark(out, "merge")
     print(f"merged model written to {out} (load it with transformers' from_pretrained)")
     return 0
 
@@ -86,6 +123,7 @@ def _export_peft(args: argparse.Namespace) -> int:
     meta = read_meta(args.adapter)
     model, cfg = build_base(args.adapter, args.base)
     out = export_peft(model, args.out, cfg.family, meta.method, meta.head, cfg.pretrained)
+    _mark(out, "export-peft")
     print(f"PEFT adapter written to {out} (peft.PeftModel.from_pretrained(base, {str(out)!r}))")
     return 0
 
@@ -117,6 +155,7 @@ def _combine(args: argparse.Namespace) -> int:
         extra={"combined_from": list(zip(args.adapters, weights, strict=True)), "combine": report},
     )
     write_adapter(args.out, merged, meta)
+    _mark(args.out, "combine")
     err = report["relative_error"]
     print(
         f"combined adapter written to {args.out}: rank {report['rank']}, relative error {err:.3g}"
@@ -136,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     ):
         s = sub.add_parser(name, help=what, description=what)
         s.add_argument("adapter", help="adapter directory")
-        s.add_argument("--out", required=True, help="output directory (replaced if it exists)")
+        s.add_argument("--out", required=True, help="output directory (a new one; see --force)")
+        s.add_argument("--force", action="store_true", help="replace an existing --out folder")
         s.add_argument(
             "--base", help="base weights (hub id, directory, pkg:) instead of the recorded"
         )
@@ -150,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("adapters", nargs="+", help="adapter directories")
     s.add_argument("--weights", type=float, nargs="+", help="one per adapter (default: all 1)")
     s.add_argument("--rank", type=int, help="truncate to this rank by SVD")
-    s.add_argument("--out", required=True, help="output adapter directory")
+    s.add_argument("--out", required=True, help="output adapter directory (a new one)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out folder")
     s.add_argument("--name", default="default", help="adapter name inside the file")
     s.add_argument(
         "--head-from", type=int, default=0, help="index of the adapter whose task head to keep"
@@ -163,6 +204,8 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_adapter(argv: list[str]) -> int:
     """Adapter files: `lora-repro adapter {info,merge,export-peft,combine} ...`; each has --help."""
     args = _parser().parse_args(argv)
+    if getattr(args, "out", None) is not None:  # before any work: nothing is half-written
+        check_out(args.out, args.force)
     if args.command == "combine":
         n = len(args.adapters)
         if args.weights and len(args.weights) != n:
