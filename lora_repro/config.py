@@ -7,12 +7,14 @@ nothing below the CLI sees a DictConfig.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from lora_repro.errors import ConfigError, check_choice, check_positive, check_types
 from lora_repro.methods import method_config
 from lora_repro.methods.base import MethodConfig
 from lora_repro.models import ModelConfig
+from lora_repro.paths import REPO
 
 TASK_KINDS = ("glue", "nlg")
 # Top-level keys of conf/config.yaml that only other commands read (`count` builds a bare model with
@@ -49,6 +51,10 @@ class TaskConfig:
     generate_metrics: list[str] | None = None  # NLG: scores computed after training; None = all
 
     def __post_init__(self) -> None:
+        if self.data_dir and not Path(self.data_dir).expanduser().is_absolute():
+            # Shipped data (data/glue/SST-2) and relative $GLUE_DIRs resolve from the checkout, so
+            # a preset runs the same from any working directory.
+            self.data_dir = str(REPO / self.data_dir)
         check_choice("task kind", self.kind, TASK_KINDS)
         check_choice("task source", self.source, ("local", "hub"))
         check_positive("task max_length", self.max_length)

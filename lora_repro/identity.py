@@ -131,10 +131,12 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def prior_state(folder: Path, chash: str) -> str:
+def prior_state(folder: Path, chash: str, data: str | None = None) -> str:
     """What the folder holds for this config: `new`, `done` (an identical finished run: skip), or
     `resume` (an unfinished or failed attempt of the same config: continue from its checkpoint).
-    A different config in the same folder is an error: a swept key is missing from the folder name."""
+    A different config in the same folder is an error: a swept key is missing from the folder name.
+    So is a finished run whose data files differ from `data` (data.fingerprint): task.data_dir is not
+    part of the identity, so other data under the same config must not reuse its result."""
     result = _read_json(folder / "result.json")
     held = (result or {}).get("config_hash") or _hash_in_config_yaml(folder / "config.yaml")
     if held is not None and held != chash:
@@ -143,6 +145,12 @@ def prior_state(folder: Path, chash: str) -> str:
             f"differs is missing from the folder name: set experiment=<new name> or remove the folder"
         )
     if result is not None and result.get("status") == "success":
+        was = (result.get("task") or {}).get("data_fingerprint")
+        if was and data and was != data:
+            raise ConfigError(
+                f"{folder} finished on other data (fingerprint {was}; the files read now: {data}); "
+                "valid: the same data, or experiment=<new name> for a run on this data"
+            )
         return "done"
     return "resume" if folder.exists() else "new"
 

@@ -113,11 +113,10 @@ def make_record(
         peak, kind = torch.cuda.max_memory_allocated(s.rt.device), "cuda_max_allocated"
     else:  # Linux reports kilobytes
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
-    task = record.TaskInfo(name=cfg.task.name)
+    task = record.TaskInfo(name=cfg.task.name, data_fingerprint=s.data_fingerprint)
     if data is not None:
-        task = record.TaskInfo(
-            data.name, data.version, len(data.train), {k: len(v) for k, v in data.evals.items()}
-        )
+        sizes = {k: len(v) for k, v in data.evals.items()}
+        task = record.TaskInfo(data.name, data.version, len(data.train), sizes, s.data_fingerprint)
     train_time = result.train_time if result else None
     return record.RunRecord(
         status=status,

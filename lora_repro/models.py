@@ -134,9 +134,11 @@ class ModelConfig:
 
 
 def resolve_source(source: str) -> str:
-    """Turn `pkg:<package>[/subdir]` into the directory inside an installed package; pass hub ids and
-    local paths through unchanged (transformers resolves those, with the hub when it is reachable)."""
+    """Turn `pkg:<package>[/subdir]` into the directory inside an installed package; pass local paths
+    through, and hub ids too once they are cached or the hub answers (transformers loads them)."""
     if not source.startswith("pkg:"):
+        if not Path(source).expanduser().exists():
+            check_hub(source)
         return source
     pkg, _, sub = source[4:].partition("/")
     spec = importlib.util.find_spec(pkg)
@@ -146,6 +148,32 @@ def resolve_source(source: str) -> str:
     if not path.is_dir():
         raise ConfigError(f"{path} does not exist inside the installed package {pkg!r}")
     return str(path)
+
+
+def check_hub(repo_id: str, timeout: float = 3.0) -> None:
+    """A hub id must be in the local cache or the hub must answer within `timeout` seconds: offline,
+    transformers retries for half a minute and then says something generic."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # transformers needs huggingface_hub; nothing to check without it
+        return
+    hint = f"cannot load {repo_id!r} (offline or not on the hub); point model.pretrained at a local directory"
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return  # cached: transformers loads it without the network
+    except Exception:  # not a valid repo id either: let the reachability check speak
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConfigError(hint)
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise ConfigError(hint) from None
 
 
 def hf_config(cfg: ModelConfig, **overrides: Any):
@@ -188,7 +216,12 @@ def load_model(
     else:
         src = resolve_source(cfg.pretrained)
         log.info("loading %s from %s", cfg.name, src)
-        model = auto.from_pretrained(src, **extra).to(device)
+        try:
+            model = auto.from_pretrained(src, **extra).to(device)
+        except OSError as exc:  # not on the hub, no such directory, missing weights file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot load {src!r} ({first}); point model.pretrained at a local "
+                              "directory or a hub id that exists") from None  # fmt: skip
     if model.config.pad_token_id is None:
         # GPT-2 has no pad token; sequence classification finds the last real token through it.
         model.config.pad_token_id = model.config.eos_token_id

@@ -32,7 +32,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 # --- the typed record ------------------------------------------------------------------------------
 # Schema 1: records written before the typed RunRecord (no `schema` key), with the same fields;
 # the oldest of them kept NLG scores under metrics.generation (now they join metrics.best).
-SCHEMA = 2
+# Schema 3 adds task.data_fingerprint.
+SCHEMA = 3
 
 
 @dataclass
@@ -51,6 +52,7 @@ class TaskInfo:
     version: str | None = None  # bumped whenever data handling or scoring changes
     train_size: int | None = None
     eval_sizes: dict[str, int] | None = None
+    data_fingerprint: str | None = None  # hash of the data files read (data.fingerprint)
 
 
 @dataclass

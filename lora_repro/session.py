@@ -42,8 +42,14 @@ class Session:
     def check_prior(self) -> None:
         """Read what the folder holds: an identical finished run sets `finished` (the caller skips
         it); a different config is a ConfigError. Checked again once the folder's lock is held."""
+        from lora_repro.data import fingerprint
+
         rt = self.rt
-        state = on_main(lambda: identity.prior_state(self.folder, self.chash), rt.rank, rt.world)
+        self.data_fingerprint = fingerprint(self.cfg.task)
+        state = on_main(
+            lambda: identity.prior_state(self.folder, self.chash, self.data_fingerprint),
+            rt.rank, rt.world,
+        )  # fmt: skip
         self.finished = record.read_json(self.folder / "result.json") if state == "done" else None
 
     def clean_leftovers(self) -> None:

@@ -67,6 +67,7 @@ def plan(
     is a key of `init_from` get `++train.init_from=` their source sibling's adapter. A folder that
     holds a different config is a ConfigError (identity.prior_state): nothing is launched."""
     from lora_repro import identity
+    from lora_repro.data import fingerprint
 
     out = []
     for ov in jobs:
@@ -83,7 +84,7 @@ def plan(
             if identity.prior_state(src_dir, identity.config_hash(src)) != "done":
                 needs = identity.run_id(src)
         folder = identity.run_dir(cfg)
-        state = identity.prior_state(folder, identity.config_hash(cfg))
+        state = identity.prior_state(folder, identity.config_hash(cfg), fingerprint(cfg.task))
         state = "done" if state == "done" else ("waiting" if needs else "todo")
         out.append(Planned(ov, identity.run_id(cfg), folder, state, needs))
     return out

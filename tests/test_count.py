@@ -61,3 +61,21 @@ def test_bad_input_is_one_line_error(capsys, args, message):
     assert main(["count", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_an_unreachable_hub_model_fails_in_seconds_with_one_line(tmp_path, capsys, monkeypatch):
+    """Offline, a hub id that is not cached is a one-line error within seconds, before anything is
+    written (the real hub path stays: a cached id or a reachable hub loads as before)."""
+    import time
+
+    from lora_repro.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    code = main(["train", "model=roberta-base", "task=sst2", f"runs_dir={tmp_path}",
+                 "task.data_dir=tests/fixtures/glue/SST-2"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and time.time() - t0 < 20
+    assert err[-1] == ("error: cannot load 'FacebookAI/roberta-base' (offline or not on the hub); "
+                       "point model.pretrained at a local directory")  # fmt: skip
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import toytask
 
-from lora_repro import identity, record, train
+from lora_repro import identity, record, sweep, train
 from lora_repro.errors import ConfigError
 
 
@@ -202,3 +202,46 @@ def test_a_nan_loss_fails_the_run_and_history_stays_strict_json(tmp_path, monkey
     history = record.History(tmp_path / "h.jsonl")
     history.append({"event": "eval", "step": 1, "dev/pearson": float("nan")})
     assert history.rows() == [{"event": "eval", "step": 1, "dev/pearson": None}]
+
+
+def test_data_paths_resolve_from_the_checkout_and_demo_ignores_glue_dir(tmp_path, monkeypatch):
+    from lora_repro.compose import values
+    from lora_repro.config import RunConfig
+    from lora_repro.paths import REPO
+
+    monkeypatch.setenv("GLUE_DIR", "/somewhere/with/full/glue")
+    demo = RunConfig.from_dict(values(["experiment=demo"]))
+    assert demo.task.data_dir == str(REPO / "data" / "glue" / "SST-2")  # the shipped subset
+    monkeypatch.chdir(tmp_path)  # outside the repository
+    monkeypatch.setenv("GLUE_DIR", "data/glue")
+    smoke = RunConfig.from_dict(values(["experiment=smoke"]))
+    assert smoke.task.data_dir == str(REPO / "data" / "glue" / "SST-2")
+
+
+def test_a_finished_run_is_not_reused_on_other_data(tmp_path, monkeypatch):
+    """task.data_dir is not part of a run's identity: the record's data fingerprint is checked."""
+    from lora_repro.compose import values
+    from lora_repro.config import RunConfig
+    from lora_repro.data import BUILDERS, fingerprint
+
+    monkeypatch.setitem(BUILDERS, "glue", "lora_repro.data.glue")  # real SST-2 rows, not the toy
+
+    fixtures = Path(__file__).parent / "fixtures" / "glue" / "SST-2"
+    data = tmp_path / "SST-2"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (data / name).write_text((fixtures / name).read_text())
+    argv = ["experiment=smoke", f"task.data_dir={data}", f"runs_dir={tmp_path / 'runs'}"]
+    cfg = RunConfig.from_dict(values(argv))
+    rec = train.run(cfg)
+    assert rec["task"]["data_fingerprint"] == fingerprint(cfg.task) is not None
+    assert train.run(cfg)["skipped"]  # the same data: reused
+    lines = (data / "train.tsv").read_text().splitlines()
+    (data / "train.tsv").write_text("\n".join(lines[:-1]) + "\n")  # one row fewer
+    with pytest.raises(
+        ConfigError,
+        match=r"finished on other data \(fingerprint [0-9a-f]+; the files read now: [0-9a-f]+\)",
+    ):
+        train.run(cfg)
+    with pytest.raises(ConfigError, match="finished on other data"):
+        sweep.plan([argv], lambda ov: RunConfig.from_dict(values(ov)), {})

@@ -48,3 +48,51 @@ def build_task(cfg: Any, tokenizer: Any) -> TaskData:
     import importlib
 
     return importlib.import_module(BUILDERS[cfg.kind]).build(cfg, tokenizer)
+
+
+def fingerprint(cfg: Any) -> str | None:
+    """A short hash of the data files a task reads (local sources), so a finished run is never
+    reused on other data; hub sources name their dataset instead. None: nothing to read."""
+    import hashlib
+
+    if cfg.source == "hub":
+        return f"hub:{cfg.name}"
+    paths = sorted(_data_files(cfg))
+    if not paths:
+        return None
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + _file_hash(path).encode())
+    return h.hexdigest()[:16]
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: planning re-asks
+
+
+def _file_hash(path: Any) -> str:
+    import hashlib
+
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _data_files(cfg: Any) -> list[Any]:
+    from pathlib import Path
+
+    if cfg.kind == "glue":
+        from lora_repro.data.glue import split_files
+
+        files = split_files(cfg)
+    else:
+        from lora_repro.data.nlg_sources import DEFAULT_FILES, split_path
+
+        names = {**DEFAULT_FILES.get(cfg.name, {}), **(getattr(cfg, "files", None) or {})}
+        files = [split_path(cfg, split) for split in names] if cfg.data_dir else []
+    return [Path(f) for f in files if Path(f).is_file()]

@@ -182,6 +182,15 @@ def _local_splits(task: GlueTask, cfg: TaskConfig) -> dict[str, list[Row]]:
     return {name: read_tsv(task, root / f"{stem}.tsv") for name, stem in stems.items()}
 
 
+def split_files(cfg: TaskConfig) -> list[Path]:
+    """The TSV files a local GLUE task reads (for the data fingerprint); none when not local."""
+    if cfg.source != "local" or not cfg.data_dir or cfg.name not in GLUE_TASKS:
+        return []
+    task = get_task(cfg.name)
+    stems = ["train", *(stem for stem, _ in task.evals.values())]
+    return [Path(cfg.data_dir).expanduser() / f"{stem}.tsv" for stem in stems]
+
+
 def _hub_splits(task: GlueTask) -> dict[str, list[Row]]:
     import datasets  # imported here: slow to import, and only this source needs it
 
