@@ -197,6 +197,7 @@ def collect_main(argv: list[str]) -> int:
     status = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     print(f"{out}: {sum(counts.values())} records ({status or 'none'})"
           + (f"; {kept} kept from an earlier collect" if kept else ""))  # fmt: skip
-    mixed = "MIXED environments: " if len(envs) > 1 else "environment: "
-    print(mixed + "; ".join(f"{e} ({n} runs)" for e, n in envs.most_common()))
+    if envs:
+        mixed = "MIXED environments: " if len(envs) > 1 else "environment: "
+        print(mixed + "; ".join(f"{e} ({n} runs)" for e, n in envs.most_common()))
     return 0

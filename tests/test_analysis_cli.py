@@ -249,3 +249,23 @@ def test_lora_repro_cli_dispatches_analyze(tmp_path, capsys):
     r1, _ = planted_runs(tmp_path)
     assert lora_main(["analyze", "spectrum", "--runs", str(r1), "--out", str(tmp_path / "o")]) == 0
     assert any(p.endswith("_ranks.png") for p in capsys.readouterr().out.split())
+
+
+def test_curves_plot_each_runs_primary_metric_by_epoch(tmp_path, capsys):
+    for name, values in (("a", [0.5, 0.7, 0.72]), ("b", [0.6, 0.65, 0.66])):
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"event": "train", "step": 1, "loss": 1.0}]
+        rows += [{"event": "eval", "step": 10 * e, "epoch": float(e), "dev/accuracy": v}
+                 for e, v in enumerate(values, 1)]  # fmt: skip
+        (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "result.json").write_text(
+            json.dumps({"metrics": {"primary_metric": "dev/accuracy"}})
+        )
+    out = run_cli(["curves", "--runs", str(tmp_path / "*"), "--out", str(tmp_path / "o"),
+                   "--labels", "A", "B"], capsys)  # fmt: skip
+    assert {Path(p).suffix for p in out} == {".csv", ".png", ".pdf"}
+    df = pd.read_csv(tmp_path / "o" / "curves.csv")
+    assert list(df[df["label"] == "A"]["value"]) == [0.5, 0.7, 0.72]
+    assert set(df["metric"]) == {"dev/accuracy"} and list(df["epoch"][:3]) == [1.0, 2.0, 3.0]
+    assert main(["curves", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2

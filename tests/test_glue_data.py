@@ -14,6 +14,7 @@ from lora_repro.config import TaskConfig
 from lora_repro.data import TaskData
 from lora_repro.data.glue import GLUE_TASKS, TRAIN_SUBSET_SEED, build
 from lora_repro.errors import ConfigError
+from lora_repro.paths import REPO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "glue"
 DIRS = {"mnli": "MNLI", "sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI"}
@@ -310,7 +311,7 @@ def test_task_configs_point_at_the_glue_folder(task, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     cfg = TaskConfig(**OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     assert (cfg.name, cfg.kind, cfg.source) == (task, "glue", "local")
-    assert cfg.data_dir == f"data/glue/{DIRS[task]}"
+    assert cfg.data_dir == str(REPO / "data" / "glue" / DIRS[task])  # resolved from the checkout
     monkeypatch.setenv("GLUE_DIR", "/data/glue_full")
     resolved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     assert resolved["data_dir"] == f"/data/glue_full/{DIRS[task]}"

@@ -110,6 +110,7 @@ def test_run_learns_the_toy_task_and_records_the_best_epoch(tmp_path):
         "version": "toy-1",
         "train_size": 96,
         "eval_sizes": {"dev": 40},
+        "data_fingerprint": None,  # the toy task reads no files
     }
     for key in ("python", "torch", "transformers", "device", "dtype", "git_sha", "slurm_job_id"):
         assert key in rec["environment"]

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 
-from lora_repro.analysis import reports
+from lora_repro.analysis import curves, reports
 from lora_repro.errors import ConfigError
 
 log = logging.getLogger("analysis")
@@ -18,6 +18,7 @@ COMMANDS = {
     "subspace": reports.subspace,
     "spectrum": reports.spectrum,
     "amplification": reports.amplification,
+    "curves": curves.report,  # learning curves from history.jsonl (is the budget enough?)
 }
 
 
@@ -39,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
         "--model", help="base model: conf/model name or directory"
     )
     sub.choices["amplification"].add_argument("--exact", action="store_true", help="full SVD of W")
+    sub.choices["curves"].add_argument(
+        "--metric", help="the metric to plot (default: each run's primary)"
+    )
     return p
 
 

@@ -1,0 +1,83 @@
+"""Learning curves from runs' history.jsonl: every evaluation's metric by epoch, one line per run,
+so a study can show that its budget let the dev metric plateau (issue #18)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lora_repro.analysis.outputs import write_csv, write_figure
+from lora_repro.errors import ConfigError
+
+
+def history(run: Path) -> pd.DataFrame:
+    """The evaluation rows of one run: epoch, step, and every `<split>/<metric>` column."""
+    path = run / "history.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{run} has no history.jsonl; valid: a run folder written by `train`")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if r.get("event") == "eval"]
+    if not evals:
+        raise ConfigError(f"{path} holds no evaluation yet")
+    return pd.DataFrame(evals)
+
+
+def primary(run: Path) -> str:
+    """The metric the run is judged by (its record's), else its first dev/validation metric."""
+    rec = run / "result.json"
+    if rec.is_file():
+        name = (json.loads(rec.read_text()).get("metrics") or {}).get("primary_metric")
+        if name:
+            return name
+    cols = [c for c in history(run).columns if "/" in c and not c.endswith("/loss")]
+    return cols[0] if cols else "dev/loss"
+
+
+def curves(runs: list[Path], labels: list[str], metric: str | None, stem: Path) -> list[Path]:
+    """<stem>.csv (run, label, epoch, step, metric, value) and <stem>.png/.pdf (one panel per metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = []
+    for run, label in zip(runs, labels, strict=True):
+        h = history(run)
+        name = metric or primary(run)
+        if name not in h:
+            raise ConfigError(
+                f"{run}: no {name!r} in its evaluations; it has {sorted(c for c in h if '/' in c)}"
+            )
+        frames.append(pd.DataFrame({"run": str(run), "label": label, "epoch": h["epoch"],
+                                    "step": h["step"], "metric": name, "value": h[name]}))  # fmt: skip
+    df = pd.concat(frames, ignore_index=True)
+    names = list(dict.fromkeys(df["metric"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for label, part in df[df["metric"] == name].groupby("label", sort=False):
+            ax.plot(part["epoch"], part["value"], marker="o", ms=3, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [write_csv(df, stem.with_suffix(".csv")), *write_figure(fig, stem)]
+    plt.close(fig)
+    return paths
+
+
+def report(args) -> list[Path]:
+    """`analyze curves --runs R... [--labels ...] [--metric dev/accuracy] [--name N] [--out DIR]`."""
+    import glob
+
+    runs = [Path(p) for pattern in args.runs for p in (sorted(glob.glob(pattern)) or [pattern])]
+    runs = [r for r in runs if r.is_dir()]
+    if not runs:
+        raise ConfigError(f"no run folders match {args.runs}")
+    labels = args.labels or ["/".join(r.parts[-4:]) for r in runs]  # task/method/hparams/seed
+    if len(labels) != len(runs):
+        raise ConfigError(f"--labels: {len(labels)} given for {len(runs)} runs")
+    stem = Path(args.out) / (args.name or "curves")
+    return curves(runs, labels, getattr(args, "metric", None), stem)
