@@ -15,7 +15,7 @@ from lora_repro.data import TaskData, build_task
 from lora_repro.distributed import seed_everything
 from lora_repro.errors import ConfigError
 from lora_repro.methods import count_params, prepare
-from lora_repro.models import FAMILIES, load_model, tokenizer_source
+from lora_repro.models import FAMILIES, load_model, position_limit, tokenizer_source
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
         overrides[key] = t.classifier_dropout
     seed_everything(cfg.seed)  # the model's random parts must not depend on the data pipeline
     model = load_model(cfg.model, data.head, data.num_labels, str(device), overrides)
+    limit = position_limit(model.config)
+    if limit is not None and cfg.task.max_length > limit:  # past the last position: an index error
+        raise ConfigError(
+            f"task.max_length={cfg.task.max_length} exceeds {cfg.model.name}'s {limit} positions; "
+            f"valid: at most {limit}"
+        )
     prepare(model, cfg.method, cfg.model.family)
     if t.init_from:
         init_from(model, cfg, t.init_from)

@@ -176,6 +176,16 @@ def check_hub(repo_id: str, timeout: float = 3.0) -> None:
         raise ConfigError(hint) from None
 
 
+def position_limit(config: Any) -> int | None:
+    """Tokens a sequence may have with absolute position embeddings (None: relative positions only)."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2 XL/XXL: relative only
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type in ("roberta", "xlm-roberta"):
+        limit -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
+    return limit
+
+
 def hf_config(cfg: ModelConfig, **overrides: Any):
     """The transformers config: from the `arch` numbers when given, else from the pretrained source."""
     from transformers import AutoConfig

@@ -323,8 +323,8 @@ def test_a_sequence_that_pushes_past_the_last_position_is_a_clear_error(family, 
 
 
 def test_roberta_base_takes_512_tokens_with_its_prefix():
-    from lora_repro.methods.prefix import _position_limit
     from lora_repro.models import hf_config
+    from lora_repro.models import position_limit as _position_limit
 
     cfg = ModelConfig(**yaml.safe_load((CONF / "roberta-base.yaml").read_text()))
     assert _position_limit(hf_config(cfg)) == 512

@@ -1,9 +1,9 @@
 """Sweeps on a real Slurm (CI: `bash slurm/local-slurm.sh up`; these skip when `sinfo` fails).
 
 Tiny runs on CPU: experiment=smoke (a random-weight tiny RoBERTa, 32 SST-2 rows from the test fixtures,
-4 steps). One run is made to fail mid-run on purpose: the model gets 20 position embeddings and that
-run keeps sentences up to 64 tokens, so its first long batch indexes past the table and the trainer
-records `failed`; the other three keep sentences short enough and succeed.
+4 steps). One run is made to fail on purpose: the model gets 20 position embeddings (18 usable) and
+that run keeps sentences up to 64 tokens, which the trainer refuses when it builds the run and records
+as `failed`; the other three keep sentences short enough and succeed.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def test_sweep_on_slurm_records_failures_and_relaunches_only_them(tmp_path: Path
         16: "success",
         64: "failed",
     }
-    assert "out of bounds" in recs[64]["error"]
+    # caught when the run is built (a ConfigError recorded as the sweep run's failure), not mid-run
+    assert "task.max_length=64 exceeds tiny-roberta's 18 positions" in recs[64]["error"]
     jobs = {k: r["environment"]["slurm_job_id"] for k, r in recs.items()}
     assert all(jobs.values()), "every run went through Slurm"
     done = {

@@ -189,3 +189,22 @@ def test_status_reads_every_state_from_the_folders(tmp_path: Path, capsys, monke
     assert out[-1] == "5 runs: 1 done, 1 failed, 1 missing, 1 running, 1 unfinished"
     assert main(["status", "seed=0"]) == 2
     assert "status needs experiment=<name>" in capsys.readouterr().err
+
+
+def test_concurrent_collects_never_clash(tmp_path: Path):
+    """Two collects of one experiment at once (a cron job and a user): unique temp names, so neither
+    crashes and the file is always whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    load = loader(tmp_path / "runs")
+    for seed in range(5):
+        finish(load([f"seed={seed}"]))
+    res = tmp_path / "results"
+
+    def one(_: int) -> int:
+        return sweep.collect("t", tmp_path / "runs", res)[1]["success"]
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(one, range(40))) == [5] * 40
+    assert len((res / "t.jsonl").read_text().splitlines()) == 5
+    assert not list(res.glob(".*.tmp"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +23,7 @@ from lora_repro.errors import ConfigError, check_choice, check_positive
 from lora_repro.methods.base import MethodConfig
 from lora_repro.methods.lora import layer_shape
 from lora_repro.methods.prefix_hooks import PrefixTuning
-from lora_repro.models import FAMILIES, blocks
+from lora_repro.models import FAMILIES, blocks, position_limit
 
 ATTR = "prefix_tuning"  # the module's name on the model: parameters are `prefix_tuning.*`
 
@@ -99,16 +98,6 @@ def init_from_tokens(
         model.train(training)
 
 
-def _position_limit(config: Any) -> int | None:
-    """Tokens a sequence may have with absolute position embeddings (None: relative positions only)."""
-    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2 XL/XXL: relative only
-        return None
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and config.model_type in ("roberta", "xlm-roberta"):
-        limit -= config.pad_token_id + 1  # RoBERTa's positions start after the padding index
-    return limit
-
-
 def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
     """Attach the prefix as `model.prefix_tuning` and hook it in; the prefix is all that trains."""
     if hasattr(model, ATTR):
@@ -130,7 +119,7 @@ def apply(model: nn.Module, cfg: EmbedConfig, family: str) -> PrefixTuning:
         d_kv,
         cfg.reparam_hidden if layer and cfg.reparam else 0,
     ).to(device=ref.device, dtype=ref.dtype)
-    prefix.max_positions = _position_limit(model.config)
+    prefix.max_positions = position_limit(model.config)
     setattr(model, ATTR, prefix)
     base = model.base_model
     seq = base.get_submodule(fam.sequence_out) if fam.sequence_out else base
