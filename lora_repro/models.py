@@ -108,8 +108,39 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+# The Llama family (Llama, Qwen2, Mistral, SmolLM share the module names). The paper's letters for
+# attention; its MLP is gated, SiLU(x W_gate) * (x W_up) W_down, so three letters: g (gate_proj),
+# u (up_proj) and d (down_proj), not the two-matrix FFN's f1/f2.
+FAMILIES["llama"] = Family(
+    blocks="layers",
+    targets={
+        "q": Target("self_attn.q_proj"),
+        "k": Target(
+            "self_attn.k_proj"
+        ),  # grouped-query attention: fewer k/v heads, narrower output
+        "v": Target("self_attn.v_proj"),
+        "o": Target("self_attn.o_proj"),
+        "g": Target("mlp.gate_proj"),
+        "u": Target("mlp.up_proj"),
+        "d": Target("mlp.down_proj"),
+    },
+    heads=(
+        "score",
+    ),  # the classification head; lm_head is the (often tied) frozen output embedding
+    attention="self_attn",
+    # No dropout module after the projections: adapters wrap the projections themselves, the last
+    # module of each sub-layer before its residual add (pre-norm blocks: no LayerNorm after it).
+    ffn_out="mlp.down_proj",
+    attn_out="self_attn.o_proj",
+    head_dropout_key=None,  # LlamaForSequenceClassification's score is one Linear
+    default_head="lm",
+)
+
 # transformers' model_type -> our family name
-MODEL_TYPES = {"roberta": "roberta", "bert": "bert", "deberta-v2": "deberta-v2", "gpt2": "gpt2"}
+MODEL_TYPES = {
+    "roberta": "roberta", "bert": "bert", "deberta-v2": "deberta-v2", "gpt2": "gpt2",
+    "llama": "llama", "qwen2": "llama", "mistral": "llama",
+}  # fmt: skip
 
 
 @dataclass

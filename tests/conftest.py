@@ -18,7 +18,7 @@ from lora_repro.models import ModelConfig, load_model
 # subprocesses tests start inherit it.
 os.environ.setdefault("LORA_REPRO_CACHE", tempfile.mkdtemp(prefix="lora-repro-test-cache-"))
 
-TINY = ["tiny-roberta", "tiny-bert", "tiny-deberta-v2", "tiny-gpt2"]
+TINY = ["tiny-roberta", "tiny-bert", "tiny-deberta-v2", "tiny-gpt2", "tiny-llama"]
 
 
 def model_config(name: str) -> ModelConfig:

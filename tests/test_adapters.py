@@ -15,7 +15,7 @@ from lora_repro.methods.adapters import AdapterAfter, Bottleneck
 from lora_repro.models import ModelConfig, blocks, head_params, load_model
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
-FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]
+FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2", "llama"]
 ADAPTERS = ["adapter_houlsby", "adapter_pfeiffer", "adapter_lin"]
 
 

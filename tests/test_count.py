@@ -79,3 +79,27 @@ def test_an_unreachable_hub_model_fails_in_seconds_with_one_line(tmp_path, capsy
     assert err[-1] == ("error: cannot load 'FacebookAI/roberta-base' (offline or not on the hub); "
                        "point model.pretrained at a local directory")  # fmt: skip
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_smollm2_counts_follow_the_llama_shapes(capsys):
+    """SmolLM2-135M (Llama family, meta device): 30 layers, d = 576, 3 of 9 heads for k and v (64
+    each), so v_proj is 576 -> 192. LoRA on Wq, Wv at r = 8: 30 · 8 · ((576 + 576) + (576 + 192))."""
+    from lora_repro.cli import main
+
+    def count(*args: str) -> dict:
+        assert main(["count", "model=smollm2-135m", "head=lm", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert (
+        count("method=lora", "method.targets=qv", "method.r=8")["method_params"]
+        == 30 * 8 * ((576 + 576) + (576 + 192))
+        == 460_800
+    )
+    # all seven matrices: + k (576 -> 192), o (576 -> 576), gate and up (576 -> 1536), down (1536 -> 576)
+    shapes = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
+    assert count("method=lora", "method.targets=all", "method.r=8")[
+        "method_params"
+    ] == 30 * 8 * sum(a + b for a, b in shapes)
+    assert count("method=full")["total_params"] == 134_515_008  # tied embeddings counted once
+    assert main(["count", "model=smollm2-135m", "head=lm", "method=bitfit"]) == 2
+    assert "has no bias parameters" in capsys.readouterr().err

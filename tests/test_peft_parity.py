@@ -22,6 +22,7 @@ PEFT_NAMES = {
     "tiny-roberta": ("roberta", {"q": "query", "v": "value"}),
     "tiny-bert": ("bert", {"q": "query", "v": "value"}),
     "tiny-deberta-v2": ("deberta-v2", {"q": "query_proj", "v": "value_proj"}),
+    "tiny-llama": ("llama", {"q": "q_proj", "v": "v_proj"}),  # v_proj is narrower (2 kv heads)
 }
 
 
@@ -95,3 +96,24 @@ def test_gpt2_fused_c_attn_matches_peft_whole_c_attn(targets, input_ids):
             peft_layers[path].lora_B["default"].weight.copy_(b)
         x, y = ours(input_ids=input_ids).logits, theirs(input_ids=input_ids).logits
     torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+def test_llama_all_seven_matrices_match_peft(input_ids):
+    """Every Llama matrix (q k v o, gate up down), trained-looking B, logits equal to PEFT's."""
+    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "g": "gate_proj",
+             "u": "up_proj", "d": "down_proj"}  # fmt: skip
+    base = tiny_model("tiny-llama", head="lm")
+    ours = copy.deepcopy(base)
+    prepare(ours, Config(targets="all", r=4, alpha=8), "llama")
+    _nontrivial(ours)
+    theirs = _peft_model(copy.deepcopy(base), list(names.values()), r=4, alpha=8)
+    peft_layers = _peft_layers(theirs)
+    assert len(peft_layers) == len(lora_layers(ours)) == 2 * 7
+    with torch.no_grad():
+        for path, layer in lora_layers(ours).items():
+            letter = next(iter(layer.lora["default"].slices))
+            p = peft_layers[path]
+            p.lora_A["default"].weight.copy_(layer.lora["default"].A[letter])
+            p.lora_B["default"].weight.copy_(layer.lora["default"].B[letter])
+        a, b = ours(input_ids=input_ids).logits, theirs(input_ids=input_ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -18,7 +18,7 @@ from lora_repro.models import ModelConfig, head_params, load_model
 from lora_repro.nlg.generate import BeamSettings, beam_search
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
-FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]
+FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2", "llama"]
 VARIANTS = {
     "layer": {"name": "prefix_layer", "length": 3},
     "layer_reparam": {"name": "prefix_layer", "length": 3, "reparam": True, "reparam_hidden": 8},
@@ -204,12 +204,13 @@ def test_generation_through_the_cache_equals_full_recompute(variant):
     assert beams.shape == (2, ids.shape[1] + 3)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("variant", ["layer", "embed"])
-def test_own_beam_search_left_padded_batch_equals_full_recompute(variant):
+def test_own_beam_search_left_padded_batch_equals_full_recompute(variant, family):
     """The project's beam search (E2E decoding) passes the cache itself: greedy through it, on a
     left-padded batch, must equal recomputing every row alone without a cache; wider beams must give
-    each row its own result."""
-    model, fam = tiny("gpt2", head="lm")
+    each row its own result (GPT-2's absolute positions; Llama's RoPE and grouped-query cache)."""
+    model, fam = tiny(family, head="lm")
     prepare(model, method_config({**VARIANTS[variant], "init": "normal", "init_std": 1.0}), fam)
     ids = batch()[0]
     prompts = [ids[0, :7].tolist(), ids[1, :4].tolist(), ids[2, :9].tolist()]  # ragged: left pads

@@ -22,7 +22,7 @@ from lora_repro.weights.files import META, WEIGHTS, read_meta, read_tensors
 from lora_repro.weights.state import load_adapter, save_adapter, set_active
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
-FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2"]
+FAMILIES = ["roberta", "bert", "deberta-v2", "gpt2", "llama"]
 
 
 def base_cfg(family: str) -> ModelConfig:
@@ -268,7 +268,8 @@ def test_switching_lora_adapters_equals_a_fresh_model_with_only_that_one(tmp_pat
 def test_merged_export_loads_with_transformers_alone_and_matches(tmp_path, family, head):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model, _ = adapted(family, {**LORA, "targets": "qvof1"}, head)
+    targets = "qvog" if family == "llama" else "qvof1"  # an FFN input matrix too
+    model, _ = adapted(family, {**LORA, "targets": targets}, head)
     want = out(model)
     export_merged(model, tmp_path / "merged")
     auto = AutoModelForCausalLM if head == "lm" else AutoModelForSequenceClassification
@@ -370,6 +371,8 @@ def test_combine_refuses_mismatched_adapters(two_adapters):
         ("deberta-v2", {**LORA, "targets": "qk", "ranks": {"k": 3}}, "classification"),
         ("gpt2", LORA, "classification"),
         ("gpt2", {**LORA, "targets": "qvo", "ranks": {"v": 3}, "rslora": True}, "lm"),
+        ("llama", {**LORA, "targets": "all", "ranks": {"d": 3}}, "lm"),  # PEFT names these natively
+        ("llama", LORA, "classification"),
     ],
 )
 def test_peft_export_loads_in_peft_and_matches(tmp_path, family, method, head):

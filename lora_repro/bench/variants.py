@@ -64,7 +64,7 @@ def target_modules(model: nn.Module, family: str, cfg: LoRAConfig) -> list[nn.Mo
     """The modules LoRA adapts (one per block and module path; GPT-2's q and v share c_attn)."""
     fam = FAMILIES[family]
     block_list = blocks(model, family)
-    paths = dict.fromkeys(fam.targets[letter].path for letter in cfg.letters())
+    paths = dict.fromkeys(fam.targets[letter].path for letter in cfg.letters(family))
     return [
         block_list[i].get_submodule(p)
         for i in select_layers(cfg.layers, len(block_list))
@@ -100,7 +100,7 @@ def apply_peft_lora(model: nn.Module, family: str, cfg: LoRAConfig) -> nn.Module
     import peft
 
     fam = FAMILIES[family]
-    letters = cfg.letters()
+    letters = cfg.letters(family)
     paths = dict.fromkeys(fam.targets[letter].path for letter in letters)
     n = max(sum(fam.targets[x].path == p for x in letters) for p in paths)
     rank = max(cfg.ranks.get(x, cfg.r) for x in letters)

@@ -181,7 +181,13 @@ class Config(MethodConfig):
             raise ConfigError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
         check_choice("lora init", self.init, ("kaiming", "gaussian"))
 
-    def letters(self) -> list[str]:
+    def letters(self, family: str | None = None) -> list[str]:
+        """The target letters; `all` is every matrix the family names (q k v o f1 f2, or for the
+        Llama family q k v o g u d)."""
+        if self.targets == "all":
+            if family is None:
+                raise ConfigError("lora targets=all needs the model family to expand")
+            return list(FAMILIES[family].targets)
         return parse_targets(self.targets)
 
 
@@ -198,7 +204,7 @@ def parse_targets(targets: str) -> list[str]:
 def apply(model: nn.Module, cfg: Config, family: str) -> list[LoRALayer]:
     """Inject LoRA into the chosen blocks and targets; A and B are the only new trainable tensors."""
     fam = FAMILIES[family]
-    letters = cfg.letters()
+    letters = cfg.letters(family)
     for letter in letters:
         check_choice(f"target letter for family {family!r}", letter, fam.targets)
     if len(set(letters)) != len(letters):
