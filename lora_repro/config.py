@@ -49,6 +49,9 @@ class TaskConfig:
     files: dict[str, str] | None = None  # NLG split -> file (relative to data_dir); None = defaults
     generate_split: str = "test"  # NLG: the split `generate` decodes and scores after training
     generate_metrics: list[str] | None = None  # NLG: scores computed after training; None = all
+    # NLG: texts that also end a hypothesis during the beam search when the tokenizer has them as one
+    # token (the released decoder passes --eos_token_id 628, GPT-2's "\n\n", next to 50256)
+    stop_strings: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.data_dir and not Path(self.data_dir).expanduser().is_absolute():

@@ -114,8 +114,14 @@ def run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.runs_dir) / run_id(cfg)
 
 
+# Keys added after runs were made, with the value that reproduces those runs: at that value a key is
+# left out of the identity, so adding it does not orphan every earlier run folder.
+ADDED_LATER = {("train", "group_by_length"): False, ("task", "stop_strings"): None}
+
+
 def identity(cfg: RunConfig) -> dict[str, Any]:
-    """The config minus NON_IDENTITY keys: what the hash covers."""
+    """The config minus NON_IDENTITY keys (and ADDED_LATER keys at their old value): what the hash
+    covers."""
     out = asdict(cfg)
     for key, sub in NON_IDENTITY.items():
         if sub is None:
@@ -123,6 +129,9 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
         else:
             for name in sub:
                 out[key].pop(name, None)
+    for (group, name), old in ADDED_LATER.items():
+        if out.get(group, {}).get(name, old) == old:
+            out.get(group, {}).pop(name, None)
     return out
 
 

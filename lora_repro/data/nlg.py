@@ -92,6 +92,23 @@ def eos_token_id(tokenizer: Any) -> int:
     )
 
 
+def stop_ids(tokenizer: Any, stop_strings: list[str] | None) -> tuple[int, ...]:
+    """The ids that end a hypothesis during the search: the end marker, plus each stop string that
+    the tokenizer encodes as exactly one token (GPT-2: "\n\n" is 628); longer ones are cut after."""
+    ids = [eos_token_id(tokenizer)]
+    for text in stop_strings or []:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        if len(piece) == 1 and piece[0] not in ids:
+            ids.append(int(piece[0]))
+        elif len(piece) != 1:
+            log.info(
+                "stop string %r is %d tokens here: cut after decoding, not a search stop",
+                text,
+                len(piece),
+            )
+    return tuple(ids)
+
+
 def pad_token_id(tokenizer: Any) -> int:
     value = getattr(tokenizer, "pad_token_id", None)
     return eos_token_id(tokenizer) if value is None else int(value)

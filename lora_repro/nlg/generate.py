@@ -212,12 +212,14 @@ def run_generation(
     `<split>.ref.txt` (e2e-metrics layout: one reference per line, a blank line between inputs, so the
     official scripts can re-score them) and `<split>.scores.json`."""
     from lora_repro.atomic import write_atomic
-    from lora_repro.data.nlg import eos_token_id, generation_set
+    from lora_repro.data.nlg import generation_set, stop_ids
     from lora_repro.metrics.nlg import score_task
 
     split = task.generate_split
     inputs = generation_set(task, tokenizer, split)
-    settings = BeamSettings.from_task(task, (eos_token_id(tokenizer),))
+    settings = BeamSettings.from_task(
+        task, stop_ids(tokenizer, getattr(task, "stop_strings", None))
+    )
     hyps = generate_texts(model, tokenizer, inputs, settings, batch_size)
     refs = [ex["references"] for ex in inputs]
     scores = score_task(task.name, hyps, refs, [ex.get("seen") for ex in inputs], metrics)
