@@ -132,7 +132,7 @@ def cmd_generate(argv: list[str]) -> int:
     """Decode and score a trained NLG run (lora_repro.nlg.generate): --run-dir DIR [--adapter FILE]
     [--split test] [--limit N] [--batch-size 8] [--device auto|cpu|cuda] [--beam-size K]
     [--length-penalty LP] [--no-repeat-ngram-size N] [--max-new-tokens T] [--metrics BLEU,NIST,...]"""
-    from lora_repro.nlg.generate import cmd_generate as run
+    from lora_repro.nlg.cli import cmd_generate as run
 
     return run(argv)
 

@@ -109,7 +109,7 @@ def test_a_gguf_source_without_its_package_or_reader_is_one_clear_error(tmp_path
     import sys
 
     from lora_repro.errors import ConfigError
-    from lora_repro.models import gguf_checkpoint, resolve_source
+    from lora_repro.sources import gguf_checkpoint, resolve_source
 
     with pytest.raises(
         ConfigError,

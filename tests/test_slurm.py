@@ -1,7 +1,7 @@
 """Sweeps on a real Slurm (CI: `bash slurm/local-slurm.sh up`; these skip when `sinfo` fails).
 
 Tiny runs on CPU: experiment=smoke (a random-weight tiny RoBERTa, 32 SST-2 rows from the test fixtures,
-4 steps). One run is made to fail on purpose: the model gets 20 position embeddings (18 usable) and
+4 steps). One run is made to fail on purpose: the model gets 20 position embeddings (19 usable: RoBERTa's positions start after the padding index) and
 that run keeps sentences up to 64 tokens, which the trainer refuses when it builds the run and records
 as `failed`; the other three keep sentences short enough and succeed.
 """
@@ -60,7 +60,7 @@ def test_sweep_on_slurm_records_failures_and_relaunches_only_them(tmp_path: Path
         64: "failed",
     }
     # caught when the run is built (a ConfigError recorded as the sweep run's failure), not mid-run
-    assert "task.max_length=64 exceeds tiny-roberta's 18 positions" in recs[64]["error"]
+    assert "task.max_length=64 exceeds tiny-roberta's 19 positions" in recs[64]["error"]
     jobs = {k: r["environment"]["slurm_job_id"] for k, r in recs.items()}
     assert all(jobs.values()), "every run went through Slurm"
     done = {
@@ -167,12 +167,14 @@ def test_a_run_that_fails_in_setup_leaves_a_failed_record_and_a_failed_job(tmp_p
     lines[3] = lines[3].rsplit("\t", 1)[0] + "\t7"  # a label SST-2 does not have
     (bad / "train.tsv").write_text("\n".join(lines) + "\n")
     runs = tmp_path / "runs"
+    # (task.data_dir is not part of a run's identity: the two runs differ by seed)
     res = lora("train", "-m", "experiment=smoke", *CPU_ONLY, f"runs_dir={runs}",
-               f"task.data_dir={good},{bad}", "seed=3")  # fmt: skip
+               f"task.data_dir={bad}", "seed=3,4")  # fmt: skip
     log = res.stdout + res.stderr
     assert res.returncode == 1, log
-    (rec,) = [json.loads(p.read_text()) for p in runs.rglob("result.json")
-              if json.loads(p.read_text())["status"] == "failed"]  # fmt: skip
+    recs = [json.loads(p.read_text()) for p in runs.rglob("result.json")]
+    assert [r["status"] for r in recs] == ["failed", "failed"], log
+    rec = recs[0]
     assert rec["error"].startswith("ConfigError: ") and "label '7'" in rec["error"], rec["error"]
     assert rec["environment"]["slurm_job_id"]
     assert f": failed: {rec['error']}" in log, log  # the sweep names the error, not just "failed"
