@@ -52,6 +52,9 @@ class TaskConfig:
     # NLG: texts that also end a hypothesis during the beam search when the tokenizer has them as one
     # token (the released decoder passes --eos_token_id 628, GPT-2's "\n\n", next to 50256)
     stop_strings: list[str] | None = None
+    # NLG without a train split (E2E offline): train on the train file minus this many seeded-random
+    # inputs, which (with all their references) are the validation split
+    validation_holdout: int | None = None
 
     def __post_init__(self) -> None:
         if self.data_dir and not Path(self.data_dir).expanduser().is_absolute():

@@ -42,8 +42,9 @@ TRAIN_ABBR = {
     "warmup_ratio": "wr", "warmup_steps": "ws", "max_grad_norm": "clip", "precision": "",
     "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init", "group_by_length": "bylen",
 }  # fmt: skip
-TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls"}
-TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0}
+TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls", "validation_holdout": "ho"}
+TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0,
+                 "validation_holdout": None}  # fmt: skip
 
 
 def _fmt(value: Any) -> str:
@@ -116,7 +117,11 @@ def run_dir(cfg: RunConfig) -> Path:
 
 # Keys added after runs were made, with the value that reproduces those runs: at that value a key is
 # left out of the identity, so adding it does not orphan every earlier run folder.
-ADDED_LATER = {("train", "group_by_length"): False, ("task", "stop_strings"): None}
+ADDED_LATER = {
+    ("train", "group_by_length"): False,
+    ("task", "stop_strings"): None,
+    ("task", "validation_holdout"): None,
+}
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:

@@ -257,3 +257,20 @@ def test_task_configs_compose() -> None:
 def test_fixture_json_is_the_real_layout() -> None:
     entry = json.loads((FIX / "webnlg" / "synthetic.json").read_text())["entries"][0]["1"]
     assert {"category", "lexicalisations", "modifiedtripleset", "originaltriplesets"} <= set(entry)
+
+
+def test_validation_holdout_splits_by_input_and_is_seeded() -> None:
+    """Offline E2E has no train split: a seeded set of inputs (MRs), with every reference, becomes the
+    validation split, so no MR is in both; the rest trains."""
+    from lora_repro.data.nlg import holdout_by_mr
+    from lora_repro.data.nlg_sources import Pair
+    from lora_repro.errors import ConfigError
+
+    pairs = [Pair(f"mr{i}", f"ref{i}.{k}") for i in range(20) for k in range(i % 3 + 1)]
+    train, val = holdout_by_mr(pairs, 5)
+    assert {p.context for p in val}.isdisjoint({p.context for p in train})
+    assert len({p.context for p in val}) == 5 and len(train) + len(val) == len(pairs)
+    assert all(sum(q.context == p.context for q in val) == int(p.context[2:]) % 3 + 1 for p in val)
+    assert holdout_by_mr(pairs, 5) == (train, val)  # seeded: every run validates on the same MRs
+    with pytest.raises(ConfigError, match=r"task.validation_holdout=20; valid: 1..19"):
+        holdout_by_mr(pairs, 20)

@@ -25,6 +25,7 @@ EXPECTED = {
     "mini_rank": 2 * 5 * 3,  # tasks x ranks x seeds
     "mini_matrices": 3 * 2 * 3,  # arms x tasks x seeds
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
+    "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
     "table2_glue": 3 * 8 * 5,  # models x tasks x seeds
     "table2_houlsby": 8 * 5,

@@ -172,14 +172,30 @@ def _encode_all(cfg: Any, tokenizer: Any, pairs: list[Pair], split: str) -> list
     return examples
 
 
+def holdout_by_mr(pairs: list[Pair], n: int, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation): `n` seeded-random inputs (MRs) and all their references go to validation,
+    so no input is in both (splitting by line would leak an MR's other references into training)."""
+    contexts = list(dict.fromkeys(p.context for p in pairs))
+    if not 0 < n < len(contexts):
+        raise ConfigError(
+            f"task.validation_holdout={n}; valid: 1..{len(contexts) - 1} (the train file has {len(contexts)} inputs)"
+        )
+    held = set(random.Random(seed).sample(contexts, n))
+    return [p for p in pairs if p.context not in held], [p for p in pairs if p.context in held]
+
+
 def build(cfg: Any, tokenizer: Any) -> TaskData:
     """Train pairs and the validation pairs (for eval loss) as token ids; see the module docstring."""
     pairs = load_pairs(cfg, "train")
+    evals = {}
+    held = getattr(cfg, "validation_holdout", None)
+    if held:  # no train split offline: validate on a seeded slice of the train file's own MRs
+        pairs, val = holdout_by_mr(pairs, held)
+        evals["validation"] = _encode_all(cfg, tokenizer, val[: cfg.eval_limit], "validation")
     if cfg.train_limit is not None and cfg.train_limit < len(pairs):
         # A fixed seed: the same subset for every run, so runs differ only in their own seed.
         pairs = random.Random(0).sample(pairs, cfg.train_limit)
-    evals = {}
-    if has_split(cfg, "validation"):
+    if not held and has_split(cfg, "validation"):
         val = load_pairs(cfg, "validation")[: cfg.eval_limit]
         evals["validation"] = _encode_all(cfg, tokenizer, val, "validation")
     return TaskData(
