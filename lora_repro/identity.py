@@ -42,7 +42,13 @@ TRAIN_ABBR = {
     "warmup_ratio": "wr", "warmup_steps": "ws", "max_grad_norm": "clip", "precision": "",
     "eval_every": "ev", "classifier_dropout": "cd", "init_from": "init", "group_by_length": "bylen",
 }  # fmt: skip
-TASK_ABBR = {"max_length": "len", "train_limit": "n", "eval_limit": "nev", "label_smoothing": "ls", "validation_holdout": "ho"}
+TASK_ABBR = {
+    "max_length": "len",
+    "train_limit": "n",
+    "eval_limit": "nev",
+    "label_smoothing": "ls",
+    "validation_holdout": "ho",
+}
 TASK_DEFAULTS = {"max_length": 128, "train_limit": None, "eval_limit": None, "label_smoothing": 0.0,
                  "validation_holdout": None}  # fmt: skip
 
