@@ -56,6 +56,18 @@ def _peft_layers(model) -> dict[str, torch.nn.Module]:
     }
 
 
+def _assert_same_logits(ours, theirs, peft_layers, input_ids) -> None:
+    """Copy our (single-slice) A, B into PEFT's layers; the two models then give the same logits."""
+    with torch.no_grad():
+        for path, layer in lora_layers(ours).items():
+            letter = next(iter(layer.lora["default"].slices))
+            p = peft_layers[path]
+            p.lora_A["default"].weight.copy_(layer.lora["default"].A[letter])
+            p.lora_B["default"].weight.copy_(layer.lora["default"].B[letter])
+        a, b = ours(input_ids=input_ids).logits, theirs(input_ids=input_ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", list(PEFT_NAMES))
 def test_qv_logits_match_peft(name, input_ids):
     family, names = PEFT_NAMES[name]
@@ -66,14 +78,7 @@ def test_qv_logits_match_peft(name, input_ids):
     theirs = _peft_model(copy.deepcopy(base), list(names.values()), r=4, alpha=8)
     peft_layers = _peft_layers(theirs)
     assert len(peft_layers) == len(lora_layers(ours)) == 4
-    with torch.no_grad():
-        for path, layer in lora_layers(ours).items():
-            letter = next(iter(layer.lora["default"].slices))
-            p = peft_layers[path]
-            p.lora_A["default"].weight.copy_(layer.lora["default"].A[letter])
-            p.lora_B["default"].weight.copy_(layer.lora["default"].B[letter])
-        a, b = ours(input_ids=input_ids).logits, theirs(input_ids=input_ids).logits
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    _assert_same_logits(ours, theirs, peft_layers, input_ids)
 
 
 @pytest.mark.parametrize("targets", ["qkv", "qv"])
@@ -109,11 +114,4 @@ def test_llama_all_seven_matrices_match_peft(input_ids):
     theirs = _peft_model(copy.deepcopy(base), list(names.values()), r=4, alpha=8)
     peft_layers = _peft_layers(theirs)
     assert len(peft_layers) == len(lora_layers(ours)) == 2 * 7
-    with torch.no_grad():
-        for path, layer in lora_layers(ours).items():
-            letter = next(iter(layer.lora["default"].slices))
-            p = peft_layers[path]
-            p.lora_A["default"].weight.copy_(layer.lora["default"].A[letter])
-            p.lora_B["default"].weight.copy_(layer.lora["default"].B[letter])
-        a, b = ours(input_ids=input_ids).logits, theirs(input_ids=input_ids).logits
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    _assert_same_logits(ours, theirs, peft_layers, input_ids)
