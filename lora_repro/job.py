@@ -84,7 +84,8 @@ def after_fit(job: Job, result: FitResult) -> FitResult:
         cfg, b = job.cfg, job.built
         name = getattr(cfg.method, "adapter_name", None)
         state.load_adapter(b.model, job.session.folder, cfg.model.family, cfg.model, name)
-        named = hook(b.model, job.session.folder, cfg.train.eval_batch_size)
+        with job.rt.autocast():  # the run's precision: bf16 decodes ~2x faster on CPU too
+            named = hook(b.model, job.session.folder, cfg.train.eval_batch_size)
         job.session.log_row(
             {"event": "generate", "step": result.steps, "best_step": best.get("step"), **named}
         )

@@ -4,6 +4,7 @@ into its own folder, named from the decode's settings."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, help="decode only the first N inputs")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: autocast the forward passes (CPU or GPU); scores stay fp32")  # fmt: skip
     for name in ("beam_size", "no_repeat_ngram_size", "max_new_tokens"):
         ap.add_argument("--" + name.replace("_", "-"), type=int)
     ap.add_argument("--length-penalty", type=float)
@@ -65,10 +68,13 @@ def cmd_generate(argv: list[str]) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
     # An ad-hoc decode never overwrites the scores training recorded (generate/): it gets its own
     # folder named from its settings, so two different decodes never share one either.
-    tag = decode_tag(task, args.limit, args.adapter)
-    scores = run_generation(
-        model, tokenizer, task, run_dir, args.batch_size, metrics, f"decode/{tag}"
-    )
+    tag = decode_tag(task, args.limit, args.adapter) + ("_bf16" if args.precision == "bf16" else "")
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if args.precision == "bf16"
+                else contextlib.nullcontext())  # fmt: skip
+    with autocast:
+        scores = run_generation(
+            model, tokenizer, task, run_dir, args.batch_size, metrics, f"decode/{tag}"
+        )
     print(json.dumps(scores))
     print(f"wrote {run_dir / 'decode' / tag}", file=sys.stderr)
     return 0
