@@ -79,7 +79,7 @@ def test_cfg_job_and_help_show_the_composed_config(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "lora-repro train" in out and "== Config ==" in out
-    assert "roberta-base/mrpc" in out and "experiment: demo, mini, mini_conv_bf16" in out
+    assert "roberta-base/mrpc" in out and "experiment: demo, e2e_smollm2, mini, " in out
 
 
 @pytest.mark.parametrize(
