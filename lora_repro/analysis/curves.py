@@ -54,14 +54,14 @@ def curves(runs: list[Path], labels: list[str], metric: str | None, stem: Path) 
                                     "step": h["step"], "metric": name, "value": h[name]}))  # fmt: skip
     df = pd.concat(frames, ignore_index=True)
     names = list(dict.fromkeys(df["metric"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         for label, part in df[df["metric"] == name].groupby("label", sort=False):
             ax.plot(part["epoch"], part["value"], marker="o", ms=3, label=label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     fig.tight_layout()
     paths = [write_csv(df, stem.with_suffix(".csv")), *write_figure(fig, stem)]
     plt.close(fig)
@@ -76,7 +76,10 @@ def report(args) -> list[Path]:
     runs = [r for r in runs if r.is_dir()]
     if not runs:
         raise ConfigError(f"no run folders match {args.runs}")
-    labels = args.labels or ["/".join(r.parts[-4:]) for r in runs]  # task/method/hparams/seed
+    # task, the hparam tag's first part (the lr) and the seed: what tells a sweep's runs apart
+    labels = args.labels or [
+        f"{r.parts[-4]} {r.parts[-2].split('_')[0]} {r.parts[-1]}" for r in runs
+    ]
     if len(labels) != len(runs):
         raise ConfigError(f"--labels: {len(labels)} given for {len(runs)} runs")
     stem = Path(args.out) / (args.name or "curves")
