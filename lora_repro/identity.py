@@ -17,6 +17,7 @@ from typing import Any
 from lora_repro.atomic import write_atomic
 from lora_repro.config import RunConfig, TrainConfig
 from lora_repro.errors import ConfigError
+from lora_repro.record import read_json
 
 NON_IDENTITY = {
     "runs_dir": None,
@@ -157,7 +158,7 @@ def prior_state(folder: Path, chash: str, data: str | None = None) -> str:
     A different config in the same folder is an error: a swept key is missing from the folder name.
     So is a finished run whose data files differ from `data` (data.fingerprint): task.data_dir is not
     part of the identity, so other data under the same config must not reuse its result."""
-    result = _read_json(folder / "result.json")
+    result = read_json(folder / "result.json")
     held = (result or {}).get("config_hash") or _hash_in_config_yaml(folder / "config.yaml")
     if held is not None and held != chash:
         raise ConfigError(
@@ -188,10 +189,3 @@ def write_config(folder: Path, cfg: RunConfig, chash: str) -> None:
 
     body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
     write_atomic(folder / "config.yaml", f"# config_hash: {chash}\n{body}")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from lora_repro import lock, sweep
+from lora_repro import lock, record, sweep
 from lora_repro.compose import compose, values
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
@@ -25,20 +25,12 @@ def jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
     from hydra.core.override_parser.types import Override
 
     parser = OverridesParser.create()
-    fixed = [
-        o
-        for o, p in zip(overrides, parser.parse_overrides(overrides), strict=True)
-        if not p.is_sweep_override()
-    ]
+    given = list(zip(overrides, parser.parse_overrides(overrides), strict=True))
+    fixed = [o for o, p in given if not p.is_sweep_override()]
     sweeper = compose(fixed, return_hydra_config=True).hydra.sweeper
     # As Hydra's basic sweeper: the preset's params, then the command line's (same key: it wins).
     by_key = {k: f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()}
-    by_key.update(
-        {
-            p.get_key_element(): o
-            for o, p in zip(overrides, parser.parse_overrides(overrides), strict=True)
-        }
-    )
+    by_key.update({p.get_key_element(): o for o, p in given})
     parsed: list[Override] = parser.parse_overrides(list(by_key.values()))
     grid = BasicSweeper.split_arguments(parsed, None)[0]
     return [list(j) for j in grid], dict(sweeper.get("init_from") or {})
@@ -46,7 +38,7 @@ def jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
 
 def state(p: sweep.Planned) -> tuple[str, str]:
     """(state, detail) of one planned run from its folder."""
-    rec = sweep._read(p.folder / "result.json")
+    rec = record.read_json(p.folder / "result.json")
     if p.state == "waiting":
         return "waiting", f"needs {p.needs}"
     if rec is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError
-from lora_repro.record import environment_label
+from lora_repro.record import environment_label, read_json
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def plan(
 
 def outcome(p: Planned) -> str:
     """What the run's folder says now: success | failed | oom | no record (killed, never started)."""
-    rec = _read(p.folder / "result.json")
+    rec = read_json(p.folder / "result.json")
     return rec.get("status", "no record") if rec else "no record"
 
 
@@ -100,7 +100,7 @@ def explain(p: Planned) -> str:
     """A run that did not succeed, in one line: its status and the recorded error."""
     if p.state == "waiting":
         return "waiting"
-    rec = _read(p.folder / "result.json") or {}
+    rec = read_json(p.folder / "result.json") or {}
     error = str(rec.get("error") or "").strip().splitlines()
     return rec.get("status", "no record (killed, or never started)") + (
         f": {error[0]}" if error else ""
@@ -133,13 +133,6 @@ def plan_lines(planned: Sequence[Planned]) -> str:
 # --- collect -------------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _key(rec: dict[str, Any]) -> tuple[str, str]:
     return (str((rec.get("run") or {}).get("id")), str(rec.get("config_hash")))
 
@@ -156,7 +149,7 @@ def collect(experiment: str, runs_dir: str | Path = "runs", results_dir: str | P
         raise ConfigError(f"no run folders under {str(root)!r} (experiment {experiment!r})")
     found = {}
     for path in sorted(root.rglob("result.json")):
-        rec = _read(path)
+        rec = read_json(path)
         if rec is None:
             log.warning("skipping unreadable %s", path)
             continue
