@@ -19,7 +19,7 @@ from lora_repro.paths import REPO
 TASK_KINDS = ("glue", "nlg")
 # Top-level keys of conf/config.yaml that only other commands read (`count` builds a bare model with
 # them); the trainer takes head and num_labels from the task data instead.
-OTHER_COMMAND_KEYS = ("head", "num_labels")
+OTHER_COMMAND_KEYS = ("head", "num_labels", "by_task")  # by_task: read by interpolation only
 
 
 def check_range(what: str, value: float, low: float, high: float) -> None:

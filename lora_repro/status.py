@@ -18,22 +18,14 @@ from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
 
 
-def jobs(overrides: list[str]) -> tuple[list[list[str]], dict[str, str]]:
-    """The sweep's jobs (override lists, as the skip_done sweeper expands them) and its init_from."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def jobs(overrides: list[str]) -> sweep.Expanded:
+    """The sweep's jobs, grid by grid with each grid's init_from, as the skip_done sweeper expands
+    them (sweep.expand)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import Override
 
-    parser = OverridesParser.create()
-    given = list(zip(overrides, parser.parse_overrides(overrides), strict=True))
-    fixed = [o for o, p in given if not p.is_sweep_override()]
-    sweeper = compose(fixed, return_hydra_config=True).hydra.sweeper
-    # As Hydra's basic sweeper: the preset's params, then the command line's (same key: it wins).
-    by_key = {k: f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()}
-    by_key.update({p.get_key_element(): o for o, p in given})
-    parsed: list[Override] = parser.parse_overrides(list(by_key.values()))
-    grid = BasicSweeper.split_arguments(parsed, None)[0]
-    return [list(j) for j in grid], dict(sweeper.get("init_from") or {})
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o for o, p in zip(overrides, parsed, strict=True) if not p.is_sweep_override()]
+    return sweep.expand(compose(fixed, return_hydra_config=True).hydra.sweeper, overrides)
 
 
 def state(p: sweep.Planned) -> tuple[str, str]:
@@ -61,7 +53,7 @@ def state(p: sweep.Planned) -> tuple[str, str]:
 def report(overrides: list[str]) -> tuple[str, Counter]:
     if not any(o.startswith("experiment=") for o in overrides):
         raise ConfigError("status needs experiment=<name> (and the sweep's other overrides)")
-    grid, init_from = jobs(overrides)
+    expanded = jobs(overrides)
     cache: dict[tuple[str, ...], RunConfig] = {}
 
     def load(ov: list[str]) -> Any:
@@ -70,7 +62,7 @@ def report(overrides: list[str]) -> tuple[str, Counter]:
             cache[key] = RunConfig.from_dict(values(ov))
         return cache[key]
 
-    planned = sweep.plan(grid, load, init_from)  # each job's overrides are complete: no base ones
+    planned = sweep.plan_all(expanded, load)  # each job's overrides are complete: no base ones
     counts: Counter = Counter()
     lines = []
     for p in planned:

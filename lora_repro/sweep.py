@@ -12,6 +12,12 @@ MNLI init (§5.2, Table 9: MRPC, RTE and STS-B start from the MNLI LoRA checkpoi
 safetensors`, the sibling being the same overrides with the task swapped (`sibling`). A run whose
 sibling has not succeeded yet waits; when the sibling is in the same sweep, the sweeper launches it in
 a later stage, after the first stage returns.
+
+Grids (`hydra.sweeper.grids`, `expand`): a preset whose rows are not one cross product (Table 2: FT,
+BitFit and AdapterDrop on RoBERTa-base, adapters at two sizes on RoBERTa-large, ...) lists named grids;
+each is crossed on its own (with the preset's shared `params` and the command line's overrides), the
+sweep is their union, and `hydra.sweeper.only=[name,...]` picks some. A grid may carry its own
+`init_from` (the baselines do not start from MNLI; LoRA does).
 """
 
 from __future__ import annotations
@@ -43,6 +49,58 @@ class Planned:
     folder: Path
     state: str  # done (success record) | todo | waiting (its init_from source has not succeeded)
     needs: str | None = None  # the run id of the source a waiting run needs
+
+
+Expanded = list[tuple[list[list[str]], dict[str, str]]]  # per grid: its jobs and its init_from
+
+
+def expand(sweeper: Any, arguments: Sequence[str]) -> Expanded:
+    """The jobs of a sweep, grid by grid, as the skip_done sweeper launches them: `sweeper` is the
+    composed `hydra.sweeper` node (params, init_from, and optionally grids, only); `arguments` the
+    command line's overrides, which win over a grid's values for the same key (Hydra's rule)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    base = dict(sweeper.get("params") or {})
+    base_init = dict(sweeper.get("init_from") or {})
+    grids = dict(sweeper.get("grids") or {})
+    selected: list[tuple[dict, dict]] = [({}, base_init)]
+    if grids:
+        only = list(sweeper.get("only") or grids)
+        for name in only:
+            if name not in grids:
+                raise ConfigError(
+                    f"hydra.sweeper.only: no grid {name!r}; this preset's grids: {', '.join(grids)}"
+                )
+            extra = set(grids[name]) - {"params", "init_from"}
+            if extra:
+                raise ConfigError(f"grid {name!r}: unknown key(s) {sorted(extra)}; a grid has "
+                                  "params (the sweep values) and optionally init_from")  # fmt: skip
+        selected = [
+            (dict(grids[n].get("params") or {}), dict(grids[n].get("init_from", base_init) or {}))
+            for n in only
+        ]
+    parser = OverridesParser.create()
+    arguments = [a for a in arguments if not a.lstrip("+~").startswith("hydra.")]  # read above
+    out: Expanded = []
+    seen: set[tuple[str, ...]] = set()
+    for params, init_from in selected:
+        merged = [f"{k}={v}" for k, v in {**base, **params}.items()]
+        parsed = parser.parse_overrides([*merged, *arguments])
+        jobs = [list(j) for j in BasicSweeper.split_arguments(parsed, None)[0]]
+        jobs = [j for j in jobs if tuple(j) not in seen]
+        seen |= {tuple(j) for j in jobs}
+        out.append((jobs, init_from))
+    return out
+
+
+def plan_all(expanded: Expanded, load: Callable[[list[str]], Any]) -> list[Planned]:
+    """`plan` over every grid of a sweep; a run that two grids both name is planned once."""
+    out: dict[str, Planned] = {}
+    for jobs, init_from in expanded:
+        for p in plan(jobs, load, init_from):
+            out.setdefault(p.run_id, p)
+    return list(out.values())
 
 
 def sibling(overrides: Sequence[str], task: str, src: str) -> list[str]:

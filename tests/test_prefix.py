@@ -233,11 +233,14 @@ def test_reparam_materialize_keeps_outputs_and_drops_the_mlp():
     prepare(model, method_config(VARIANTS["layer_reparam"]), fam)
     ids, mask = batch()
     before = logits(model, ids, mask)
-    n_before = count_params(model, fam)["method_params"]
+    n_before = count_params(model, fam)
     model.prefix_tuning.materialize()
     assert torch.allclose(logits(model, ids, mask), before, atol=1e-6)
     assert [n for n, _ in model.prefix_tuning.named_parameters()] == ["kv"]
-    assert count_params(model, fam)["method_params"] == 2 * 2 * 3 * 32 < n_before
+    n_after = count_params(model, fam)
+    # |Θ| counts what is kept (layers x keys/values x length x d) before and after; the MLP trains
+    assert n_before["method_params"] == n_after["method_params"] == 2 * 2 * 3 * 32
+    assert n_after["trainable_params"] < n_before["trainable_params"]
 
 
 def test_materialized_prefix_saves_and_loads_as_plain_activations(tmp_path):
@@ -290,10 +293,14 @@ def test_counts_on_gpt2_medium(method, reparam):
     n, d, p, hid = 24, 1024, 7, 512
     want = {
         ("prefix_layer", False): n * 2 * d * p,  # the stored activations
-        ("prefix_layer", True): p * d + d * hid + hid + hid * n * 2 * d + n * 2 * d,
+        ("prefix_layer", True): n * 2 * d * p,  # |Θ|: what is kept; the MLP trains, then goes
         ("prefix_embed", False): d * p,  # §5.1: d_model x l_p
     }[method, reparam]
-    assert count_params(model, cfg.family)["method_params"] == want
+    counts = count_params(model, cfg.family)
+    assert counts["method_params"] == want
+    if reparam:  # trainable while training: the embedding and the MLP
+        mlp = p * d + d * hid + hid + hid * n * 2 * d + n * 2 * d
+        assert counts["trainable_params"] == mlp
 
 
 def test_bad_config_and_inputs_are_clear_errors():

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from lora_repro import identity, sweep
@@ -27,9 +25,10 @@ EXPECTED = {
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
-    "table2_glue": 3 * 8 * 5,  # models x tasks x seeds
-    "table2_houlsby": 8 * 5,
-    "table3_e2e": 2 * 3,  # GPT-2 medium, large x seeds
+    # rows x tasks x seeds: RoBERTa-base LoRA, FT, BitFit, AdptD x 2; RoBERTa-large and DeBERTa FT, LoRA
+    "table2_glue": (5 + 2 + 2) * 8 * 5,
+    "table2_houlsby": 5 * 8 * 5,  # LoRA†, AdptP† x 2, AdptH† x 2
+    "table3_e2e": (7 + 5) * 3,  # GPT-2 medium's 7 rows, large's 5, x seeds
     "table5_matrices": 2 * 7 * 3,  # (model, task) x arms x seeds
     "table6_rank": 2 * 3 * 5 * 3,  # (model, task) x targets x ranks x seeds
     "table18_e2e_rank": 7 * 3,
@@ -54,9 +53,8 @@ def jobs(name: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
     """The sweep's jobs as the skip_done sweeper expands them (Hydra's basic-sweeper grid)."""
     cfg = compose("config", [f"experiment={name}", *extra], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("SkipDoneSweeper"), "sweeps use skip_done"
-    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, f"experiment={name}", *extra])
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    grids = sweep.expand(cfg.hydra.sweeper, [f"experiment={name}", *extra])
+    return [j for grid, _ in grids for j in grid]
 
 
 def load(overrides: list[str]) -> RunConfig:
@@ -83,18 +81,20 @@ def test_preset_expands_to_its_run_count(name: str):
 
 
 def test_table2_runs_carry_the_paper_settings(tmp_path: Path):
-    cfg = load(["experiment=table2_glue", "recipe=roberta-large/rte", "seed=4"])
-    # Table 9, RoBERTa-large RTE: batch 8, 20 epochs, lr 4e-4, length 512, α = 16
-    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == (8, 20, 4e-4)
+    cfg = load(["experiment=table2_glue", "recipe=roberta-large/rte",
+                "method_recipe=roberta-large/lora", "seed=4"])  # fmt: skip
+    # Table 9, RoBERTa-large RTE: batch 8 per GPU x 8 GPUs, 20 epochs, lr 4e-4, length 512, α = 16
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.lr) == (64, 20, 4e-4)
     assert (cfg.task.max_length, cfg.method.r, cfg.method.alpha) == (512, 8, 16)
     # MNLI init: the RTE run waits for, then starts from, the same model and seed's MNLI adapter
-    pair = [["experiment=table2_glue", f"runs_dir={tmp_path}", f"recipe=roberta-base/{t}", "seed=1"]
-            for t in ("mnli", "rte")]  # fmt: skip
+    pair = [["experiment=table2_glue", f"runs_dir={tmp_path}", f"recipe=roberta-base/{t}",
+             "method_recipe=roberta-base/lora", "seed=1"] for t in ("mnli", "rte")]  # fmt: skip
     mnli, rte = sweep.plan(pair, load, {"rte": "mnli"})
     assert (mnli.state, rte.state) == ("todo", "waiting")
     assert rte.overrides[-1] == f"++train.init_from='{mnli.folder / 'adapter.safetensors'}'"
     assert load(rte.overrides).train.init_from == str(mnli.folder / "adapter.safetensors")
-    houlsby = load(["experiment=table2_houlsby", "recipe=roberta-large/mrpc"])
+    houlsby = load(["experiment=table2_houlsby", "recipe=roberta-large/mrpc",
+                    "method_recipe=roberta-large/lora"])  # fmt: skip
     assert (houlsby.model.name, houlsby.task.max_length, houlsby.train.init_from) == (
         "roberta-large",
         128,
@@ -156,23 +156,36 @@ def test_mini_rank_and_matrices_vary_only_the_lora_shape():
 def test_table5_arms_are_zipped_at_a_fixed_budget():
     _skip_without_nlg("table5_matrices")
     roberta = [
-        load(j).method for j in jobs("table5_matrices", ("seed=0", "recipe=roberta-base/mnli"))
+        load(j).method
+        for j in jobs("table5_matrices", ("seed=0", "hydra.sweeper.only=[roberta-base]"))
     ]
     # every arm adapts r x |W| = 8 rank-units; α stays at the first r tried (8 for RoBERTa)
     assert sorted((m.targets, m.r) for m in roberta) == [
         ("k", 8), ("o", 8), ("q", 8), ("qk", 4), ("qkvo", 2), ("qv", 4), ("v", 8)
     ]  # fmt: skip
     assert {m.alpha for m in roberta} == {8}
-    gpt2 = load(["experiment=table5_matrices", "recipe=gpt2-medium/e2e", "arm=qkvo_r2"]).method
+    gpt2 = load(["experiment=table5_matrices", "recipe=gpt2-medium/e2e", "method_recipe=gpt2/lora",
+                 "arm=qkvo_r2"]).method  # fmt: skip
     assert (gpt2.targets, gpt2.r, gpt2.alpha) == ("qkvo", 2, 32)  # the arm wins over Table 11's r=4
 
 
 def test_table6_is_a_full_grid():
     _skip_without_nlg("table6_rank")
-    grid = jobs("table6_rank", ("seed=0", "recipe=roberta-base/mnli"))
+    grid = jobs("table6_rank", ("seed=0", "hydra.sweeper.only=[roberta-base]"))
     combos = {tuple(o.split("=")[1] for o in j if o.startswith("method.")) for j in grid}
     assert combos == {
         (t, str(r)) for t, r in itertools.product(["q", "qv", "qkvo"], [1, 2, 4, 8, 64])
     }
     m = load(grid[-1]).method
     assert (m.targets, m.r, m.alpha) == ("qkvo", 64, 8)
+
+
+def test_experiments_readme_quotes_each_presets_run_count():
+    """experiments/README.md's index: the `runs` column is what the dry-run plan expands to."""
+    text = (CONF_DIR.parent / "experiments" / "README.md").read_text()
+    quoted = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 2 and cells[1].startswith("`") and cells[2].isdigit():
+            quoted[cells[1].strip("`")] = int(cells[2])
+    assert quoted and all(EXPECTED[name] == n for name, n in quoted.items()), quoted

@@ -272,3 +272,39 @@ def test_lora_tables_accept_an_experiment_that_mixes_methods(tmp_path: Path, cap
     assert any(row[:3] == ["roberta-base", "SST-2", "Wq, Wv"] and row[6].startswith("90.5")
                for row in six.rows), six.rows  # fmt: skip
     assert main(["tables", "all", "--experiments", "smoke", "--results-dir", str(res)]) == 0
+
+
+def test_baseline_runs_fill_their_paper_rows_as_ours_paper():
+    """Issue #17: a run of a baseline sits in its paper row, `ours (paper)`; rows without runs stay
+    `paper only`. AdptD is a Pfeiffer adapter on RoBERTa-base (0.3M: bottleneck 16 -> 304,320)."""
+    recs = [
+        rec("roberta-base", "sst2", "full", s, 0.94 + s / 100, params=124_055_040) for s in (0, 1)
+    ]
+    recs += [
+        rec("roberta-base", "sst2", "adapter_pfeiffer_bottleneck16", 0, 0.93, params=304_320),
+        rec("roberta-base", "sst2", "adapter_pfeiffer_bottleneck48", 0, 0.945, params=894_528),
+    ]
+    for r in recs[2:]:
+        r["config"]["method"]["name"] = (
+            "adapter_pfeiffer"  # rec() takes it from the tag's first word
+        )
+    t = tables.table2(results.frame(recs))
+    col = t.header.index("SST-2")
+    by_name = {r[1]: r for r in t.rows}
+    assert by_name["full"][col] == "94.5 ±0.7 [2] (94.8)" and by_name["full"][2] == "124.06M (125M)"
+    assert by_name["adapter_pfeiffer_bottleneck16"][col] == "93.0 [1] (94.2)"  # AdptD 0.3M
+    assert by_name["adapter_pfeiffer_bottleneck48"][col] == "94.5 [1] (94.7)"  # AdptD 0.9M
+    assert [n for n in by_name if n.endswith("(paper only)")] == ["bitfit (paper only)",
+                                                                  "lora (paper only)"]  # fmt: skip
+    gen = {"test": {"BLEU": 69.0, "NIST": 8.7, "METEOR": 0.46, "ROUGE_L": 0.71, "CIDEr": 2.4}}
+    recs3 = [
+        rec("gpt2-medium", "e2e", "full_topk_k2", 0, None, gen=gen, params=25_192_448),
+        rec("gpt2-medium", "e2e", "adapter_lin_bottleneck6", 0, None, gen=gen, params=368_784),
+    ]
+    for r, name in zip(recs3, ("full_topk", "adapter_lin"), strict=True):
+        r["config"]["method"]["name"] = name
+    t3 = tables.table3(results.frame(recs3))
+    rows3 = {r[1]: r for r in t3.rows}
+    assert rows3["full_topk_k2"][3] == "69.0 [1] (68.1)"  # FTTop2
+    assert rows3["adapter_lin_bottleneck6"][3] == "69.0 [1] (66.3)"  # AdapterL 0.37M, not 11.09M
+    assert "adapter_lin (paper only)" in rows3 and "full (paper only)" in rows3

@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf structure
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 log = logging.getLogger("lora_repro.sweep")
@@ -29,6 +28,8 @@ class SkipDoneSweeperConf:
     max_batch_size: Optional[int] = None  # noqa: UP045 (runs per launch; None: a stage at once)
     params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045 (the grid, as Hydra's basic sweeper)
     init_from: Dict[str, str] = field(default_factory=dict)  # noqa: UP006 (task -> source task)
+    grids: Optional[Dict[str, Any]] = None  # noqa: UP006, UP045 (named grids, unioned: sweep.expand)
+    only: Optional[List[str]] = None  # noqa: UP006, UP045 (the grids to run; None: all)
     dry_run: bool = False  # print the plan, launch nothing
     plan_file: Optional[str] = None  # noqa: UP045 (write the runs to do, one override line each)
 
@@ -44,11 +45,15 @@ class SkipDoneSweeper(BasicSweeper):
         max_batch_size: Optional[int] = None,  # noqa: UP045
         params: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
         init_from: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
+        grids: Optional[Dict[str, Any]] = None,  # noqa: UP006, UP045
+        only: Optional[List[str]] = None,  # noqa: UP006, UP045
         dry_run: bool = False,
         plan_file: Optional[str] = None,  # noqa: UP045
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.init_from = dict(init_from or {})
+        self.grids = grids
+        self.only = only
         self.dry_run = dry_run
         self.plan_file = plan_file
         self._configs: Dict[tuple, Any] = {}  # noqa: UP006 (overrides -> RunConfig; re-planning is free)
@@ -72,11 +77,13 @@ class SkipDoneSweeper(BasicSweeper):
 
         assert self.hydra_context is not None and self.launcher is not None
         assert self.config is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        jobs = self.split_arguments(overrides, None)[0]
-        log.info("planning %d runs (composing each config)", len(jobs))
-        planned = sweep.plan(jobs, self._load, self.init_from)
+        expanded = sweep.expand(
+            {"params": self.params, "init_from": self.init_from, "grids": self.grids,
+             "only": self.only},
+            arguments,
+        )  # fmt: skip
+        log.info("planning %d runs (composing each config)", sum(len(j) for j, _ in expanded))
+        planned = sweep.plan_all(expanded, self._load)
         before = {p.run_id: p.state for p in planned}
         log.info("sweep plan: %s", sweep.plan_summary(planned))
         if self.plan_file is not None or self.dry_run:
@@ -105,7 +112,7 @@ class SkipDoneSweeper(BasicSweeper):
                 )
                 idx += len(batch)
             launched |= {p.run_id for p in todo}
-            planned = sweep.plan(jobs, self._load, self.init_from)
+            planned = sweep.plan_all(expanded, self._load)
         for r in (r for batch in returns for r in batch):
             if r.status.name == "FAILED":  # a crash outside the trainer's own failure records
                 log.error("job %s raised: %r", r.overrides, r._return_value)

@@ -24,6 +24,9 @@ GLUE = {
     "qnli": "QNLI", "qqp": "QQP", "rte": "RTE", "stsb": "STS-B",
 }  # fmt: skip
 PAPER_METHOD = {"full_topk": "full_top2"}  # our method name -> the paper CSVs' (FTTop2, Table 3)
+# Paper rows a method also fills: Table 2's AdptD rows (Rücklé et al. 2020) are bottleneck adapters on
+# RoBERTa-base (conf/method_recipe/roberta-base/adapter_drop_*), which prints no other adapter row.
+PAPER_ALSO = {"adapter_pfeiffer": "adapter_drop", "adapter_houlsby": "adapter_drop"}
 SETTING = {"table2_houlsby": "houlsby_setup"}  # experiment -> Table 2 `setting` (default: paper)
 
 
@@ -73,7 +76,8 @@ def match(paper: pd.DataFrame, model: str, method: str, setting: str | None, n: 
           used: set[Any]) -> pd.Series | None:  # fmt: skip
     """The paper row for our (model, method): same setting (our `paper` runs also match the `prior`
     rows the paper quotes for its baselines), then the closest parameter count."""
-    c = paper[(paper["model"] == model) & (paper["method"] == PAPER_METHOD.get(method, method))]
+    names = (PAPER_METHOD.get(method, method), PAPER_ALSO.get(method))
+    c = paper[(paper["model"] == model) & paper["method"].isin(names)]
     c = c[~c.index.isin(used)]
     if setting is not None and "setting" in c:
         c = c[c["setting"].isin(("paper", "prior") if setting == "paper" else (setting,))]

@@ -60,7 +60,8 @@ def prepare(model: nn.Module, cfg: MethodConfig, family: str) -> nn.Module:
 
 
 def count_params(model: nn.Module, family: str) -> dict[str, int]:
-    """trainable / method (trainable without the task head, the paper's |Θ|) / head / total."""
+    """trainable / method (trainable without the task head, the paper's |Θ|: a reparameterised
+    PreLayer counts its kept activations, not its training-time MLP) / head / total."""
     head = {id(p) for p in head_params(model, family).values()}
     seen: set[int] = set()
     out = {"trainable_params": 0, "method_params": 0, "head_params": 0, "total_params": 0}
@@ -76,4 +77,11 @@ def count_params(model: nn.Module, family: str) -> dict[str, int]:
             out["trainable_params"] += n
             if id(p) not in head:
                 out["method_params"] += n
+    for (
+        m
+    ) in model.modules():  # a training-time device (PreLayer's reparam MLP) counts as it is kept
+        stored = getattr(m, "stored_count", None)
+        kept = stored() if callable(stored) else None
+        if kept is not None:
+            out["method_params"] += kept[1] - kept[0]
     return out

@@ -69,6 +69,14 @@ class PrefixTuning(nn.Module):
         out = self.mlp(self.embedding)  # (length, n_layers * 2 * d_kv)
         return out.view(self.length, self.n_layers, 2, self.d_kv).permute(1, 2, 0, 3)
 
+    def stored_count(self) -> tuple[int, int] | None:
+        """(parameters that train, parameters kept) while the reparameterisation MLP trains in place
+        of the activations; None without it. The paper's |Θ| counts what is kept (materialize)."""
+        if self.mlp is None or self.embedding is None:
+            return None
+        training = self.embedding.numel() + sum(p.numel() for p in self.mlp.parameters())
+        return training, self.n_layers * 2 * self.length * self.d_kv
+
     @torch.no_grad()
     def materialize(self) -> None:
         """Replace the reparameterisation MLP by the activations it produces (Li & Liang §4.3: after
