@@ -14,6 +14,7 @@ from lora_repro.config import RunConfig
 from lora_repro.data import TaskData, build_task
 from lora_repro.distributed import seed_everything
 from lora_repro.errors import ConfigError
+from lora_repro.hf_compat import enable_checkpointing
 from lora_repro.methods import count_params, prepare
 from lora_repro.models import FAMILIES, load_model, position_limit, tokenizer_source
 
@@ -41,6 +42,11 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
     from transformers import AutoTokenizer
 
     t = cfg.train
+    if cfg.model.dtype == "bf16" and t.precision != "bf16":
+        raise ConfigError(
+            f"model.dtype=bf16 stores the base in bf16 and needs train.precision=bf16 (autocast), "
+            f"got train.precision={t.precision!r}; valid: train.precision=bf16, or model.dtype=fp32"
+        )
     shards = world * t.grad_accum
     if t.batch_size % shards:
         raise ConfigError(
@@ -81,6 +87,11 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
     prepare(model, cfg.method, cfg.model.family)
     if t.init_from:
         init_from(model, cfg, t.init_from)
+    if cfg.model.dtype == "bf16":  # frozen base in bf16; what trains (A, B, the head) in fp32
+        for p in model.parameters():
+            p.data = p.data.to(torch.float32 if p.requires_grad else torch.bfloat16)
+    if t.activation_checkpointing:
+        enable_checkpointing(model)
     counts = count_params(model, cfg.model.family)
     log.info("trainable %s", counts)
     use_types = getattr(model.config, "type_vocab_size", 0) > 1

@@ -1,6 +1,13 @@
-"""Processes and seeds for one run: torchrun's environment -> a Runtime (rank, world, device,
-compute dtype), rank-0-only decisions shared with every rank, and the seeds that make a run
-repeatable."""
+"""Processes and seeds for one run: torchrun's or Slurm's environment -> a Runtime (rank, world,
+device, compute dtype), rank-0-only decisions shared with every rank, and the seeds that make a run
+repeatable.
+
+Two launchers give one run several processes: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*) and
+Slurm (`cluster.tasks_per_node` / `cluster.nodes`: submitit starts the tasks with srun, each with
+SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS and the node list). For Slurm, submitit's
+TorchDistributedEnvironment turns its variables into torchrun's (master: the first node; port: from
+the job id), so the rest of the code sees one environment.
+"""
 
 from __future__ import annotations
 
@@ -68,8 +75,30 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def slurm_tasks() -> int:
+    """Tasks of the srun step this process is one of (1 outside one; the batch script itself is not
+    a step, so `lora-repro train` typed inside an allocation stays one process)."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+
+
+def export_slurm_environment() -> bool:
+    """torchrun's variables from Slurm's, when this is one task of a multi-task step and torchrun
+    did not set them already (torchrun inside Slurm wins). True when it exported them."""
+    if "RANK" in os.environ or slurm_tasks() <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    # Every task sees all of the node's GPUs; it takes cuda:LOCAL_RANK (setup_distributed).
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("Slurm task %d of %d (master %s:%d)", env.rank, env.world_size, env.master_addr,
+             env.master_port)  # fmt: skip
+    return True
+
+
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; gloo on CPU, nccl on GPU."""
+    """(rank, world size, device) from torchrun's or Slurm's environment; gloo on CPU, nccl on
+    GPU."""
+    export_slurm_environment()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(

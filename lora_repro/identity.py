@@ -24,7 +24,9 @@ NON_IDENTITY = {
     "logging": None,
     "cluster": None,
     "task": ("data_dir", "source", "generate_metrics"),  # which scores are reported, not computed
-    "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum"),
+    # activation_checkpointing recomputes the same activations (same RNG): memory, not the result
+    "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum",
+              "activation_checkpointing"),
 }  # fmt: skip
 
 # Short names for the folder tags; a field shows when it is always shown or differs from its default.
@@ -102,6 +104,8 @@ def hparam_tag(cfg: RunConfig) -> str:
         value = getattr(cfg.task, key)
         if value != default:
             parts.append(_part(key, TASK_ABBR, value))
+    if cfg.model.dtype != "fp32":  # the base's storage changes the numbers: its own folder
+        parts.append(f"base{cfg.model.dtype}")
     return "_".join(parts)
 
 
@@ -128,6 +132,7 @@ ADDED_LATER = {
     ("train", "group_by_length"): False,
     ("task", "stop_strings"): None,
     ("task", "validation_holdout"): None,
+    ("model", "dtype"): "fp32",
 }
 
 

@@ -153,10 +153,14 @@ class ModelConfig:
     tokenizer: str | None = None  # same kinds of source; None = the pretrained source
     init: str = "pretrained"  # pretrained | random
     arch: dict[str, Any] = field(default_factory=dict)  # AutoConfig values
+    # Storage of the frozen base weights: bf16 halves their memory (a base that does not fit a GPU
+    # in fp32); trained tensors stay fp32 for the optimizer. Needs train.precision=bf16 (autocast).
+    dtype: str = "fp32"  # fp32 | bf16
 
     def __post_init__(self) -> None:
         check_choice("model family", self.family, FAMILIES)
         check_choice("model init", self.init, ("pretrained", "random"))
+        check_choice("model dtype", self.dtype, ("fp32", "bf16"))
         if self.init == "pretrained" and not self.pretrained:
             raise ConfigError(f"model {self.name!r} has init=pretrained but no `pretrained` source")
         if self.init == "random" and not self.arch:

@@ -104,7 +104,11 @@ def fit(job: Job) -> FitResult:
         state = checkpoint.load(
             found, raw, {"optimizer": opt, "scheduler": sched, "scaler": scaler, "position": pos}
         )
-        checkpoint.set_rng_state(state["rng"][rt.rank])
+        rngs = state["rng"]  # one per process of the run that wrote it
+        if len(rngs) != rt.world:  # resumed on another process count: same data order, new RNGs
+            log.warning("checkpoint written by %d process(es), resumed on %d: dropout draws differ "
+                        "from an uninterrupted run", len(rngs), rt.world)  # fmt: skip
+        checkpoint.set_rng_state(rngs[rt.rank % len(rngs)])
         if rt.main:
             s.history.truncate(pos.history)
         job.resumed_from = pos.step

@@ -187,3 +187,82 @@ def test_a_run_that_fails_in_setup_leaves_a_failed_record_and_a_failed_job(tmp_p
             break
         time.sleep(1)
     assert state and state[0] == "FAILED", state
+
+
+# SGD instead of AdamW in every process (Python imports sitecustomize at start-up): its update is
+# linear in the gradient, so a mis-scaled loss across processes shows (as tests/test_train_ddp.py).
+SGD = "import torch.optim\n\ntorch.optim.AdamW = torch.optim.SGD\n"
+PARITY = ["experiment=smoke", "train.device=cpu", "train.lr=0.5", "train.max_steps=8",
+          "train.eval_every=4", "train.checkpoint_every=4", "logging.log_every=1",
+          "+model.arch.hidden_dropout_prob=0", "+model.arch.attention_probs_dropout_prob=0"]  # fmt: skip
+
+
+def _sgd_env(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SGD)
+    return {**env(), "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], e: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lora_repro.cli", *args], cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def _same_run(one: Path, two: Path) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    (a,) = [json.loads(p.read_text()) for p in one.rglob("result.json")]
+    (b,) = [json.loads(p.read_text()) for p in two.rglob("result.json")]
+    assert a["run"]["id"] == b["run"]["id"] and a["config_hash"] == b["config_hash"]
+    for key, value in a["metrics"]["best"].items():
+        assert abs(b["metrics"]["best"][key] - value) < 1e-5, key
+    wa = load_file(str(one / a["run"]["id"] / "adapter.safetensors"))
+    wb = load_file(str(two / b["run"]["id"] / "adapter.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert (wa[name] - wb[name]).abs().max() < 1e-4, name
+    return a, b
+
+
+def test_one_run_on_two_slurm_tasks_is_one_distributed_job_that_matches_one_process(tmp_path):
+    """cluster.tasks_per_node=2: one array element, two srun tasks, one torch.distributed (gloo)
+    job: one folder, one record (rank 0 writes), the 1-process weights and metrics."""
+    e = _sgd_env(tmp_path)
+    single = _run(["train", *PARITY, f"runs_dir={tmp_path / 'one'}"], e)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = _run(["train", "-m", *PARITY, *CPU_ONLY, "cluster.tasks_per_node=2",
+                f"runs_dir={tmp_path / 'two'}"], e)  # fmt: skip
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    a, b = _same_run(tmp_path / "one", tmp_path / "two")
+    assert (a["environment"]["world_size"], b["environment"]["world_size"]) == (1, 2)
+    assert b["environment"]["slurm_job_id"]
+    assert len(list((tmp_path / "two").rglob("result.json"))) == 1
+
+
+def test_a_run_killed_on_one_process_resumes_on_two_slurm_tasks(tmp_path):
+    """A checkpoint is resumable on another process count: kill a 1-process run after its first
+    checkpoint, relaunch it as 2 Slurm tasks: it resumes there and ends where an uninterrupted
+    1-process run ends (no dropout, so the RNG streams do not matter)."""
+    e = _sgd_env(tmp_path)
+    args = [*PARITY, "train.batch_size=4", "train.max_steps=160", "train.eval_every=40",
+            "train.checkpoint_every=8"]  # fmt: skip
+    ref = _run(["train", *args, f"runs_dir={tmp_path / 'ref'}"], e)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    cut = ["train", *args, f"runs_dir={tmp_path / 'cut'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "lora_repro.cli", *cut], cwd=ROOT, env=e,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not list((tmp_path / "cut").glob("smoke/**/checkpoint/step-*")):
+            assert proc.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not list((tmp_path / "cut").rglob("result.json")), "finished before the kill"
+    again = _run(["train", "-m", *cut[1:], *CPU_ONLY, "cluster.tasks_per_node=2"], e)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    _, b = _same_run(tmp_path / "ref", tmp_path / "cut")
+    assert b["status"] == "success" and b["environment"]["world_size"] == 2
+    assert b["run"]["resumed_from_step"] > 0

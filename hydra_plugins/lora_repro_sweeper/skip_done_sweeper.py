@@ -34,6 +34,13 @@ class SkipDoneSweeperConf:
     plan_file: Optional[str] = None  # noqa: UP045 (write the runs to do, one override line each)
 
 
+# conf/cluster/slurm.yaml: `cluster.tasks_per_node: null` is one task (process) per GPU, or 1 on CPU.
+# Registered here because Hydra imports every hydra_plugins module before it composes a config.
+if not OmegaConf.has_resolver("lora_repro_tasks"):
+    OmegaConf.register_new_resolver(
+        "lora_repro_tasks", lambda tasks, gpus: int(tasks if tasks is not None else gpus or 1)
+    )
+
 ConfigStore.instance().store(
     group="hydra/sweeper", name="skip_done", node=SkipDoneSweeperConf, provider="lora_repro"
 )
