@@ -68,6 +68,19 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
             f"task {cfg.task.name!r}: the best epoch is chosen by {data.selected_by}, but "
             f"the task has no {split!r} split; it has: {sorted(data.evals) or 'none'}"
         )
+    model = make_model(cfg, data, device)
+    if t.init_from:
+        init_from(model, cfg, t.init_from)
+    counts = count_params(model, cfg.model.family)
+    log.info("trainable %s", counts)
+    use_types = getattr(model.config, "type_vocab_size", 0) > 1
+    return Built(tokenizer, data, model, counts, use_types)
+
+
+def make_model(cfg: RunConfig, data: TaskData, device: torch.device) -> nn.Module:
+    """The base model with its method applied, seeded by the run's seed: the same weights on every
+    rank, and again when rank 0 needs an unsharded copy to decode with (job.after_fit)."""
+    t = cfg.train
     overrides = {}
     if t.classifier_dropout is not None:  # Table 10 (DeBERTa's cls_dropout)
         key = FAMILIES[cfg.model.family].head_dropout_key
@@ -85,17 +98,12 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
             f"valid: at most {limit}"
         )
     prepare(model, cfg.method, cfg.model.family)
-    if t.init_from:
-        init_from(model, cfg, t.init_from)
     if cfg.model.dtype == "bf16":  # frozen base in bf16; what trains (A, B, the head) in fp32
         for p in model.parameters():
             p.data = p.data.to(torch.float32 if p.requires_grad else torch.bfloat16)
     if t.activation_checkpointing:
         enable_checkpointing(model)
-    counts = count_params(model, cfg.model.family)
-    log.info("trainable %s", counts)
-    use_types = getattr(model.config, "type_vocab_size", 0) > 1
-    return Built(tokenizer, data, model, counts, use_types)
+    return model
 
 
 def init_from(model: nn.Module, cfg: RunConfig, path: str) -> None:

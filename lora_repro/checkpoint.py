@@ -43,24 +43,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
-    }
-
-
 def save(
-    root: Path, step: int, model: nn.Module, objects: dict[str, Any], rng_all: list[dict[str, Any]]
+    root: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    objects: dict[str, Any],
+    rng_all: list[dict[str, Any]],
 ) -> Path:
-    """Write checkpoint step-<step> (rank 0 only). `objects` maps names to things with a state_dict
-    (optimizer, scheduler, scaler) or to plain picklable values (data position, best, history)."""
+    """Write checkpoint step-<step> (rank 0 only): `weights` are the full trainable tensors
+    (parallel.trainable_state); `objects` maps names to things with a state_dict (scheduler,
+    scaler) or to plain picklable values (optimizer state, data position, best, history)."""
     from safetensors.torch import save_file
 
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
+    save_file(weights, str(tmp / WEIGHTS))
     state = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in objects.items()}
     state["rng"] = rng_all
     torch.save(state, tmp / STATE)
@@ -86,6 +85,8 @@ def load(path: Path, model: nn.Module, objects: dict[str, Any]) -> dict[str, Any
     """Restore the trainable weights and every object with a state_dict; return the full state."""
     from safetensors.torch import load_file
 
+    from lora_repro.parallel import load_trainable
+
     weights = load_file(str(path / WEIGHTS))
     params = dict(model.named_parameters())
     missing = sorted(set(weights) ^ {n for n, p in params.items() if p.requires_grad})
@@ -93,9 +94,7 @@ def load(path: Path, model: nn.Module, objects: dict[str, Any]) -> dict[str, Any
         raise RuntimeError(
             f"checkpoint {path} does not match the model's trainable set: {missing[:5]}"
         )
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    load_trainable(model, weights)  # into each rank's shard when the model is sharded
     state = torch.load(
         path / STATE, weights_only=False
     )  # our own file: numpy RNG state needs pickle

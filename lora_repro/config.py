@@ -109,6 +109,9 @@ class TrainConfig:
     # Recompute each block's activations in the backward pass instead of keeping them: activation
     # memory drops from ~all blocks to ~one, for ~1/3 more compute (transformers' checkpointing).
     activation_checkpointing: bool = False
+    # How processes share the model (lora_repro/parallel.py): ddp (a copy each) | fsdp (FSDP2 shards
+    # every block, frozen base included: for bases that do not fit one device). One process: no-op.
+    strategy: str = "ddp"
     init_from: str | None = None  # adapter dir/file; method tensors, no head (MNLI init, §5.1)
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
@@ -124,6 +127,12 @@ class TrainConfig:
             check_positive("train max_steps", self.max_steps)
         check_choice("train precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("train device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("train strategy", self.strategy, ("ddp", "fsdp"))
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ConfigError(
+                "train.strategy=fsdp with train.precision=fp16: the fp16 grad scaler does not "
+                "handle sharded gradients here; valid: train.precision=bf16 or fp32"
+            )
         if self.weight_decay < 0:
             raise ConfigError(f"train weight_decay must be >= 0, got {self.weight_decay!r}")
         check_range("train warmup_ratio", self.warmup_ratio, 0.0, 1.0)

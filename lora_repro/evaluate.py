@@ -9,6 +9,7 @@ from lora_repro.batching import by_length, lengths
 from lora_repro.data import TaskData
 from lora_repro.distributed import Runtime, gather
 from lora_repro.losses import IGNORE_INDEX, lm_loss
+from lora_repro.parallel import sharded
 
 
 @torch.no_grad()
@@ -21,15 +22,22 @@ def evaluate(
     inputs = inputs or (lambda b: {k: v for k, v in b.items() if k != "labels"})
     progress = progress or (lambda it, **_: it)
     model.eval()
+    # A sharded (FSDP) model gathers weights in every forward, so every rank runs the same number of
+    # batches: a rank whose shard ran out repeats one and drops its output.
+    lockstep = sharded(model)
     out: dict[str, float] = {}
     for split, examples in data.evals.items():
         # This rank's strided shard, longest first: batches of similar length pad little.
         idx = by_length(range(rt.rank, len(examples), rt.world), lengths(examples))
+        longest = -(-len(examples) // rt.world) if lockstep else len(idx)  # rank 0's shard size
         preds, labels, total, count = [], [], 0.0, 0
-        for i in progress(range(0, len(idx), batch_size), desc=f"eval {split}", leave=False):
-            batch = rt.to_device(data.collate([examples[j] for j in idx[i : i + batch_size]]))
+        for i in progress(range(0, longest, batch_size), desc=f"eval {split}", leave=False):
+            part = idx[i : i + batch_size]
+            batch = rt.to_device(data.collate([examples[j] for j in part or [0]]))
             with rt.autocast():
                 logits = model(**inputs(batch)).logits
+            if not part:  # a lockstep repeat
+                continue
             if data.head == "lm":
                 total += lm_loss(logits, batch["labels"], 0.0, reduction="sum").item()
                 count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

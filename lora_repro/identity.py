@@ -26,7 +26,7 @@ NON_IDENTITY = {
     "task": ("data_dir", "source", "generate_metrics"),  # which scores are reported, not computed
     # activation_checkpointing recomputes the same activations (same RNG): memory, not the result
     "train": ("device", "num_workers", "checkpoint_every", "keep_checkpoint", "eval_batch_size", "grad_accum",
-              "activation_checkpointing"),
+              "activation_checkpointing", "strategy"),
 }  # fmt: skip
 
 # Short names for the folder tags; a field shows when it is always shown or differs from its default.

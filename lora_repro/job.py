@@ -59,14 +59,18 @@ class Job:
         )
 
     def save_adapter(self) -> None:
-        """adapter.safetensors + adapter.json in the run folder (weights/state.py's format)."""
+        """adapter.safetensors + adapter.json in the run folder (weights/state.py's format), written
+        by rank 0. Every rank calls it: a sharded model's tensors are gathered first."""
+        from lora_repro import parallel
         from lora_repro.weights import state
 
-        cfg = self.cfg
-        state.save_adapter(
-            self.built.model, self.session.folder, cfg.method, cfg.model,
-            head=self.built.data.head, task=cfg.task.name,
-        )  # fmt: skip
+        cfg, model = self.cfg, self.built.model
+        tensors = parallel.trainable_state(model) if parallel.sharded(model) else None
+        if self.rt.main:
+            state.save_adapter(
+                model, self.session.folder, cfg.method, cfg.model,
+                head=self.built.data.head, task=cfg.task.name, tensors=tensors,
+            )  # fmt: skip
 
 
 def after_fit(job: Job, result: FitResult) -> FitResult:
@@ -79,13 +83,18 @@ def after_fit(job: Job, result: FitResult) -> FitResult:
         return result
     best = result.best or {}
     if job.rt.main:
+        from lora_repro import parallel
+        from lora_repro.build import make_model
         from lora_repro.weights import state
 
         cfg, b = job.cfg, job.built
+        model = b.model
+        if parallel.sharded(model):  # beam search on rank 0 alone: an unsharded copy of the base
+            model = make_model(cfg, b.data, job.rt.device)
         name = getattr(cfg.method, "adapter_name", None)
-        state.load_adapter(b.model, job.session.folder, cfg.model.family, cfg.model, name)
+        state.load_adapter(model, job.session.folder, cfg.model.family, cfg.model, name)
         with job.rt.autocast():  # the run's precision: bf16 decodes ~2x faster on CPU too
-            named = hook(b.model, job.session.folder, cfg.train.eval_batch_size)
+            named = hook(model, job.session.folder, cfg.train.eval_batch_size)
         job.session.log_row(
             {"event": "generate", "step": result.steps, "best_step": best.get("step"), **named}
         )

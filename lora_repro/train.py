@@ -14,7 +14,6 @@ update up to float rounding.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lora_repro import checkpoint
+from lora_repro import checkpoint, parallel
 from lora_repro.batching import epoch_order, lengths
 from lora_repro.build import build
 from lora_repro.config import RunConfig
@@ -81,7 +80,7 @@ def fit(job: Job) -> FitResult:
     """Train the built model on its data; return the best and final evaluations and the cost."""
     cfg, t, rt, s = job.cfg, job.cfg.train, job.rt, job.session
     data, raw = job.built.data, job.built.model
-    model = nn.parallel.DistributedDataParallel(raw) if rt.world > 1 else raw
+    model = parallel.wrap(raw, t.strategy, rt, cfg.model.family)  # DDP, or raw sharded (FSDP)
     micro = t.batch_size // (rt.world * t.grad_accum)  # build() checked that it divides
     # Drop the last partial batch: every step then sees the same global batch size, and the per-epoch
     # reshuffle means no example is left out for good.
@@ -101,8 +100,11 @@ def fit(job: Job) -> FitResult:
     if found is None and rt.main:
         s.history.truncate(0)  # rows of an attempt killed before its first checkpoint
     if found is not None:
+        portable = parallel.PortableOptimizer(raw, opt)  # any strategy or process count
         state = checkpoint.load(
-            found, raw, {"optimizer": opt, "scheduler": sched, "scaler": scaler, "position": pos}
+            found,
+            raw,
+            {"optimizer": portable, "scheduler": sched, "scaler": scaler, "position": pos},
         )
         rngs = state["rng"]  # one per process of the run that wrote it
         if len(rngs) != rt.world:  # resumed on another process count: same data order, new RNGs
@@ -116,10 +118,12 @@ def fit(job: Job) -> FitResult:
 
     def save_checkpoint() -> None:
         rngs = gather(checkpoint.rng_state(), rt.world)
+        # full tensors and optimizer state, keyed by name (collectives when sharded: every rank)
+        weights, optim = parallel.trainable_state(raw), parallel.optimizer_state(raw, opt)
         if rt.main:
             pos.history = s.history.offset()
-            objs = {"optimizer": opt, "scheduler": sched, "scaler": scaler, "position": pos}
-            checkpoint.save(ckpt_dir, pos.step, raw, objs, rngs)
+            objs = {"optimizer": optim, "scheduler": sched, "scaler": scaler, "position": pos}
+            checkpoint.save(ckpt_dir, pos.step, weights, objs, rngs)
 
     def evaluate_and_track() -> None:
         metrics = job.evaluate()
@@ -128,8 +132,7 @@ def fit(job: Job) -> FitResult:
         key = data.selected_by  # NLG: validation loss; its BLEU comes from the after-fit decode
         if better(key, metrics[key], (pos.best or {}).get(key)):
             pos.best = row
-            if rt.main:
-                job.save_adapter()  # adapter.safetensors always holds the best evaluation's weights
+            job.save_adapter()  # adapter.safetensors always holds the best evaluation's weights
         pos.last = row
 
     bar = job.progress(total=total, initial=pos.step, desc="train")
@@ -154,13 +157,13 @@ def fit(job: Job) -> FitResult:
                 )
                 pos.tokens += int(batch["attention_mask"].sum()) * rt.world
                 sync = k == t.grad_accum - 1 or rt.world == 1
-                with contextlib.nullcontext() if sync else model.no_sync():  # DDP: sync once
+                with parallel.no_sync(model, sync):  # gradients reduced once per step
                     with rt.autocast():
                         logits = model(**job.built.inputs(batch)).logits
                         loss = loss_sum(
                             logits, batch["labels"], data.head, cfg.task.label_smoothing
                         )
-                    # DDP averages gradients over processes: times world, the result is sum / denom.
+                    # DDP and FSDP average gradients over processes: times world, the result is sum / denom.
                     scaler.scale(loss * rt.world / max(1, denom)).backward()
                 step_loss += loss.detach()
             if t.max_grad_norm is not None:

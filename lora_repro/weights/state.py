@@ -52,9 +52,11 @@ def save_adapter(
     head: str = "classification",
     task: str | None = None,
     adapter: str | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save the model's trainable tensors (with `adapter`: that LoRA adapter's, plus the head) and
-    adapter.json; returns the directory."""
+    adapter.json; returns the directory. `tensors`: those tensors already gathered (a sharded
+    model's full values, parallel.trainable_state)."""
     if adapter is not None and hasattr(method, "adapter_name"):
         method = replace(method, adapter_name=adapter)
     prefix = getattr(model, "prefix_tuning", None)
@@ -69,7 +71,9 @@ def save_adapter(
         num_labels=model.config.num_labels if head == "classification" else None,
         task=task,
     )
-    return write_adapter(directory, trainable_state(model, adapter), meta)
+    if tensors is None or adapter is not None:
+        tensors = trainable_state(model, adapter)
+    return write_adapter(directory, tensors, meta)
 
 
 def _rename(tensors: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
