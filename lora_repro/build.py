@@ -68,7 +68,9 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
             f"task {cfg.task.name!r}: the best epoch is chosen by {data.selected_by}, but "
             f"the task has no {split!r} split; it has: {sorted(data.evals) or 'none'}"
         )
-    model = make_model(cfg, data, device)
+    # FSDP shards a CPU-built model onto the devices (parallel.wrap): never whole on one GPU
+    fsdp = t.strategy == "fsdp" and world > 1
+    model = make_model(cfg, data, torch.device("cpu") if fsdp else device)
     if t.init_from:
         init_from(model, cfg, t.init_from)
     counts = count_params(model, cfg.model.family)

@@ -110,6 +110,15 @@ def cmd_count(argv: list[str]) -> int:
     return 0
 
 
+def cmd_estimate(argv: list[str]) -> int:
+    """Expected peak memory per training process of a config (weights, gradients, optimizer,
+    activations) for DDP / FSDP, with and without activation checkpointing, as JSON:
+    lora-repro estimate [train overrides, e.g. recipe=... method_recipe=... cluster=slurm cluster.gpus=8]"""
+    from lora_repro.estimate import main
+
+    return main(argv)
+
+
 def cmd_status(argv: list[str]) -> int:
     """Where each run of a sweep stands, from its folders (records and locks): done / running /
     failed / unfinished / waiting / missing, with the primary metric or the error line:
@@ -177,6 +186,7 @@ def cmd_bench(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "count": cmd_count,
+    "estimate": cmd_estimate,
     "train": cmd_train,
     "adapter": cmd_adapter,
     "generate": cmd_generate,
@@ -192,6 +202,7 @@ USAGE = """usage: lora-repro <command> [key=value ...]
 
 commands:
   count     parameter counts of model x method on the meta device (no download), as JSON
+  estimate  expected peak memory per process (DDP/FSDP, checkpointing on/off), as JSON
   train     train one config (or a sweep with -m) and write its run record
   adapter   saved adapters: info, merge, export-peft, combine (`lora-repro adapter --help`)
   generate  beam-search decode + score a trained NLG run: generate --run-dir DIR [--split test]
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # count prints its docstring and the composed config; train shows Hydra's own help, and every
     # other command its argparse help.
-    if rest and rest[0] in ("-h", "--help") and command == "status":
+    if rest and rest[0] in ("-h", "--help") and command in ("status", "estimate"):
         print((COMMANDS[command].__doc__ or "").strip())
         return 0
     if rest and rest[0] in ("-h", "--help") and command == "count":

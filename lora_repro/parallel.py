@@ -28,11 +28,15 @@ def wrap(model: nn.Module, strategy: str, rt: Runtime, family: str) -> nn.Module
         return model
     if strategy == "ddp":
         return nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # The model was built on the CPU (build.make_model): sharding moves each rank's 1/world of every
+    # weight to its device, so a base that does not fit one GPU never has to be there whole.
+    mesh = init_device_mesh(rt.device.type, (rt.world,))
     for block in blocks(model, family):  # one all-gather per block: the unit of peak memory
-        fully_shard(block)
-    fully_shard(model)  # embeddings, head and anything outside the blocks
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)  # embeddings, head and anything outside the blocks
     return model
 
 
