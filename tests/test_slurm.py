@@ -225,14 +225,17 @@ def _same_run(one: Path, two: Path) -> tuple[dict, dict]:
     return a, b
 
 
-def test_one_run_on_two_slurm_tasks_is_one_distributed_job_that_matches_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_one_run_on_two_slurm_tasks_is_one_distributed_job_that_matches_one_process(
+    tmp_path, strategy
+):
     """cluster.tasks_per_node=2: one array element, two srun tasks, one torch.distributed (gloo)
-    job: one folder, one record (rank 0 writes), the 1-process weights and metrics."""
+    job, DDP or FSDP: one folder, one record (rank 0 writes), the 1-process weights and metrics."""
     e = _sgd_env(tmp_path)
     single = _run(["train", *PARITY, f"runs_dir={tmp_path / 'one'}"], e)
     assert single.returncode == 0, single.stderr[-3000:]
     two = _run(["train", "-m", *PARITY, *CPU_ONLY, "cluster.tasks_per_node=2",
-                f"runs_dir={tmp_path / 'two'}"], e)  # fmt: skip
+                f"train.strategy={strategy}", f"runs_dir={tmp_path / 'two'}"], e)  # fmt: skip
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
     a, b = _same_run(tmp_path / "one", tmp_path / "two")
     assert (a["environment"]["world_size"], b["environment"]["world_size"]) == (1, 2)
