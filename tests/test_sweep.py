@@ -208,3 +208,14 @@ def test_concurrent_collects_never_clash(tmp_path: Path):
         assert list(pool.map(one, range(40))) == [5] * 40
     assert len((res / "t.jsonl").read_text().splitlines()) == 5
     assert not list(res.glob(".*.tmp"))
+
+
+def test_an_unknown_grid_is_one_error_line_and_exit_2(capsys):
+    from lora_repro.cli import main
+
+    code = main(["train", "-m", "experiment=table3_e2e", "hydra.sweeper.only=[gpt2-small]",
+                 "hydra.sweeper.dry_run=true"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == ("error: hydra.sweeper.only: no grid 'gpt2-small'; this preset's grids: "
+                       "gpt2-medium, gpt2-large") and not any("Traceback" in e for e in err)  # fmt: skip

@@ -79,6 +79,19 @@ class SkipDoneSweeper(BasicSweeper):
         return self._configs[key]
 
     def sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
+        """Plan, then launch in stages. Bad input (an unknown grid, a folder holding another config)
+        is one `error:` line and exit status 2, as everywhere else, not Hydra's traceback."""
+        import sys
+
+        from lora_repro.errors import ConfigError
+
+        try:
+            return self._sweep(arguments)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def _sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
         from lora_repro.atomic import write_atomic
 
