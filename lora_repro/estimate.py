@@ -71,12 +71,17 @@ def estimate(model: nn.Module, family: str, *, batch: int, seq: int, world: int,
     return {**out, "total": fixed + max(out["activations"], out["optimizer_step"])}
 
 
+def tasks_per_node(tasks: int | None, gpus: int | None) -> int:
+    """conf/cluster/slurm.yaml's rule (its launcher resolves through this): `cluster.tasks_per_node`
+    when set, else one per GPU, else 1."""
+    return int(tasks if tasks is not None else gpus or 1)
+
+
 def processes(cluster: dict[str, Any]) -> int:
     if cluster.get("name") != "slurm":
         return 1
-    tasks = cluster.get("tasks_per_node")
-    tasks = tasks if tasks is not None else (cluster.get("gpus") or 1)
-    return int(cluster.get("nodes") or 1) * int(tasks)
+    tasks = tasks_per_node(cluster.get("tasks_per_node"), cluster.get("gpus"))
+    return int(cluster.get("nodes") or 1) * tasks
 
 
 def main(argv: list[str]) -> int:

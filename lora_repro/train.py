@@ -118,8 +118,10 @@ def fit(job: Job) -> FitResult:
 
     def save_checkpoint() -> None:
         rngs = gather(checkpoint.rng_state(), rt.world)
-        # full tensors and optimizer state, keyed by name (collectives when sharded: every rank)
-        weights, optim = parallel.trainable_state(raw), parallel.optimizer_state(raw, opt)
+        # full tensors and optimizer state, keyed by name: rank 0 writes them, but when the model
+        # is sharded they are collectives every rank takes part in
+        if rt.main or parallel.sharded(raw):
+            weights, optim = parallel.trainable_state(raw), parallel.optimizer_state(raw, opt)
         if rt.main:
             pos.history = s.history.offset()
             objs = {"optimizer": optim, "scheduler": sched, "scaler": scaler, "position": pos}

@@ -24,6 +24,29 @@ ARGS = [
     "train.max_steps=null", "train.epochs=2", "train.lr=0.5", "train.weight_decay=0.1",
     "train.device=cpu",  # gloo parity on any machine (a 1-GPU box cannot host 2 nccl ranks)
 ]  # fmt: skip
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _env() -> dict[str, str]:
+    """This checkout first on the path, one thread per process (2 processes on 2 cores)."""
+    root = str(Path(__file__).parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def _sgd_toy_cli(tmp_path: Path, runs: str) -> tuple[Path, list[str]]:
+    """An entry script running the CLI on the toy task with SGD in place of AdamW, and the base
+    overrides of a run under tmp_path/<runs>."""
+    script = tmp_path / "entry.py"
+    script.write_text("import torch; torch.optim.AdamW = torch.optim.SGD; "
+                      + toytask.SUBPROCESS.format(tests=TESTS))  # fmt: skip
+    base = [
+        "experiment=smoke",
+        "task.name=toy",
+        f"runs_dir={tmp_path / runs}",
+        "train.eval_every=null",
+    ]
+    return script, [*base, "task.train_limit=null", "task.eval_limit=null"]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -41,19 +64,11 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, strategy):
     finally:
         torch.set_num_threads(threads)
 
-    script = tmp_path / "entry.py"
-    sgd = "import torch; torch.optim.AdamW = torch.optim.SGD; "
-    script.write_text(sgd + toytask.SUBPROCESS.format(tests=TESTS))
-    base = ["experiment=smoke", "task.name=toy", f"runs_dir={tmp_path / 'two'}"]
-    base += ["train.eval_every=null", "task.train_limit=null", "task.eval_limit=null"]
+    script, base = _sgd_toy_cli(tmp_path, "two")
     base += ["logging.log_every=1"]
-    root = str(Path(__file__).parent.parent)
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
         [
-            *cmd,
+            *TORCHRUN,
             str(script),
             "train",
             *base,
@@ -61,7 +76,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch, strategy):
             "train.grad_accum=2",  # 2 micro-batches of 2
             f"train.strategy={strategy}",
         ],
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=180,
@@ -111,17 +126,10 @@ def test_fsdp_checkpoint_resumes_on_one_process(tmp_path, monkeypatch):
         single = train.run(toytask.config(tmp_path / "one", *args))
     finally:
         torch.set_num_threads(threads)
-    script = tmp_path / "entry.py"
-    script.write_text("import torch; torch.optim.AdamW = torch.optim.SGD; "
-                      + toytask.SUBPROCESS.format(tests=TESTS))  # fmt: skip
-    base = ["experiment=smoke", "task.name=toy", f"runs_dir={tmp_path / 'cut'}"]
-    base += ["train.eval_every=null", "task.train_limit=null", "task.eval_limit=null"]
-    root = str(Path(__file__).parent.parent)
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    script, base = _sgd_toy_cli(tmp_path, "cut")
+    env = _env()
     folder = tmp_path / "cut" / single["run"]["id"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.Popen([*torchrun, str(script), "train", *base, *args, "train.strategy=fsdp"],
+    proc = subprocess.Popen([*TORCHRUN, str(script), "train", *base, *args, "train.strategy=fsdp"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
@@ -160,14 +168,11 @@ def test_fsdp_nlg_run_decodes_with_an_unsharded_copy_like_one_process(tmp_path):
             "train.batch_size=4", "train.max_steps=6", "train.eval_every=2", "train.lr=1e-2",
             "train.warmup_steps=0", "train.device=cpu", "logging.progress=false",
             "+model.arch.resid_pdrop=0", "+model.arch.embd_pdrop=0", "+model.arch.attn_pdrop=0"]  # fmt: skip
-    root = str(Path(__file__).parent.parent)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    env = _env()
     one = subprocess.run([sys.executable, "-m", "lora_repro.cli", *args, f"runs_dir={tmp_path / 'one'}"],
                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two = subprocess.run([*torchrun, "-m", "lora_repro.cli", *args, "train.strategy=fsdp",
+    two = subprocess.run([*TORCHRUN, "-m", "lora_repro.cli", *args, "train.strategy=fsdp",
                           f"runs_dir={tmp_path / 'two'}"], env=env, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]

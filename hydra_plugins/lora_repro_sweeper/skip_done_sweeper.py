@@ -36,10 +36,16 @@ class SkipDoneSweeperConf:
 
 # conf/cluster/slurm.yaml: `cluster.tasks_per_node: null` is one task (process) per GPU, or 1 on CPU.
 # Registered here because Hydra imports every hydra_plugins module before it composes a config.
+def _tasks_per_node(tasks: Optional[int], gpus: Optional[int]) -> int:  # noqa: UP045
+    from lora_repro.estimate import (
+        tasks_per_node,
+    )  # imported when a launcher resolves, not at start
+
+    return tasks_per_node(tasks, gpus)
+
+
 if not OmegaConf.has_resolver("lora_repro_tasks"):
-    OmegaConf.register_new_resolver(
-        "lora_repro_tasks", lambda tasks, gpus: int(tasks if tasks is not None else gpus or 1)
-    )
+    OmegaConf.register_new_resolver("lora_repro_tasks", _tasks_per_node)
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="skip_done", node=SkipDoneSweeperConf, provider="lora_repro"

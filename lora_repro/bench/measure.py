@@ -118,7 +118,8 @@ def time_training(spec: dict) -> dict[str, dict]:
     return out
 
 
-def _rss_bytes(field: str) -> int:
+def rss_bytes(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
@@ -145,7 +146,7 @@ def measure_memory(spec: dict) -> dict[str, Any]:
     else:
         # Reset the high-water mark (VmHWM) to the current resident size.
         Path("/proc/self/clear_refs").write_text("5")
-        baseline = _rss_bytes("VmRSS")
+        baseline = rss_bytes("VmRSS")
     for _ in range(spec["steps"]):
         train_step(model, opt, batch, ctx)
     if device == "cuda":
@@ -153,7 +154,7 @@ def measure_memory(spec: dict) -> dict[str, Any]:
         peak_total = torch.cuda.max_memory_allocated()
         out = {"peak_mem_bytes": peak_total, "memory_kind": "cuda max_memory_allocated"}
     else:
-        peak_total = _rss_bytes("VmHWM")
+        peak_total = rss_bytes("VmHWM")
         out = {"peak_mem_bytes": peak_total - baseline, "memory_kind": "cpu peak RSS above load"}
     out.update(
         baseline_bytes=baseline,

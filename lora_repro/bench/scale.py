@@ -26,13 +26,6 @@ from typing import Any
 COMBOS = [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)]
 
 
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _setup(spec: dict[str, Any]) -> tuple[Any, Any, str]:
     """The model (random weights, the method applied) and its config, as the trainer builds it."""
     import yaml
@@ -54,12 +47,13 @@ def worker(spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from lora_repro import parallel
+    from lora_repro.bench.measure import rss_bytes
     from lora_repro.distributed import Runtime
     from lora_repro.hf_compat import enable_checkpointing
 
     torch.manual_seed(0)
     rt = Runtime.start("cpu", "fp32")
-    baseline = _rss("VmRSS")
+    baseline = rss_bytes("VmRSS")
     model, _, family = _setup(spec)
     if spec["checkpointing"]:
         enable_checkpointing(model)
@@ -77,7 +71,7 @@ def worker(spec: dict[str, Any]) -> None:
         out.float().logsumexp(-1).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    peak = [_rss("VmHWM") - baseline]
+    peak = [rss_bytes("VmHWM") - baseline]
     if rt.world > 1:
         every: list[Any] = [None] * rt.world
         dist.all_gather_object(every, peak[0])

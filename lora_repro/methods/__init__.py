@@ -77,9 +77,8 @@ def count_params(model: nn.Module, family: str) -> dict[str, int]:
             out["trainable_params"] += n
             if id(p) not in head:
                 out["method_params"] += n
-    for (
-        m
-    ) in model.modules():  # a training-time device (PreLayer's reparam MLP) counts as it is kept
+    # a training-time device (PreLayer's reparam MLP) counts as what it leaves behind
+    for m in model.modules():
         stored = getattr(m, "stored_count", None)
         kept = stored() if callable(stored) else None
         if kept is not None:
