@@ -44,6 +44,7 @@ class RunInfo:
     started: str | None = None  # ISO time, UTC
     wall_time_s: float | None = None
     resumed_from_step: int | None = None
+    reused_from: str | None = None  # the folder of the identical run whose record this copies
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Metrics:
     best_epoch: float | None = None
     best: dict[str, float] = field(default_factory=dict)  # the best evaluation's `<split>/<name>`
     final: dict[str, float] = field(default_factory=dict)  # the last evaluation's
+    # Every evaluation, in order ({epoch, step, <split>/<name>...}): the learning curve travels with
+    # the record, so a study's committed results can show that its dev metric plateaued.
+    curve: list[dict[str, float]] = field(default_factory=list)
     generation: dict[str, Any] | None = None  # schema 1 only (see SCHEMA)
 
 

@@ -4,7 +4,8 @@ run folders alone (records and locks; no Slurm needed), with the same overrides 
 Each planned run is one of: done (a success record; its primary metric), failed / oom (the recorded
 error's first line), running (its folder's lock is held by a live process), unfinished (a folder
 without a record and without a live owner: killed; relaunching resumes it), waiting (its init_from
-source has not succeeded), missing (never started).
+source has not succeeded), reusable (an identical run of a `hydra.sweeper.reuse` experiment
+succeeded: the next launch copies its record), missing (never started).
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
 
 
-def jobs(overrides: list[str]) -> sweep.Expanded:
+def jobs(overrides: list[str]) -> tuple[sweep.Expanded, list[str]]:
     """The sweep's jobs, grid by grid with each grid's init_from, as the skip_done sweeper expands
-    them (sweep.expand)."""
+    them (sweep.expand), and its `reuse` experiments."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     fixed = [o for o, p in zip(overrides, parsed, strict=True) if not p.is_sweep_override()]
-    return sweep.expand(compose(fixed, return_hydra_config=True).hydra.sweeper, overrides)
+    sweeper = compose(fixed, return_hydra_config=True).hydra.sweeper
+    return sweep.expand(sweeper, overrides), list(sweeper.get("reuse") or [])
 
 
 def state(p: sweep.Planned) -> tuple[str, str]:
@@ -33,6 +35,8 @@ def state(p: sweep.Planned) -> tuple[str, str]:
     rec = record.read_json(p.folder / "result.json")
     if p.state == "waiting":
         return "waiting", f"needs {p.needs}"
+    if p.state == "reuse" and p.source is not None:
+        return "reusable", f"ran as {p.source['run']['id']}; the next launch copies its record"
     if rec is not None:
         status = rec.get("status", "?")
         if status == "success":
@@ -53,7 +57,7 @@ def state(p: sweep.Planned) -> tuple[str, str]:
 def report(overrides: list[str]) -> tuple[str, Counter]:
     if not any(o.startswith("experiment=") for o in overrides):
         raise ConfigError("status needs experiment=<name> (and the sweep's other overrides)")
-    expanded = jobs(overrides)
+    expanded, reuse = jobs(overrides)
     cache: dict[tuple[str, ...], RunConfig] = {}
 
     def load(ov: list[str]) -> Any:
@@ -62,7 +66,8 @@ def report(overrides: list[str]) -> tuple[str, Counter]:
             cache[key] = RunConfig.from_dict(values(ov))
         return cache[key]
 
-    planned = sweep.plan_all(expanded, load)  # each job's overrides are complete: no base ones
+    # each job's overrides are complete: no base ones
+    planned = sweep.plan_all(expanded, load, reuse)
     counts: Counter = Counter()
     lines = []
     for p in planned:

@@ -18,6 +18,11 @@ BitFit and AdapterDrop on RoBERTa-base, adapters at two sizes on RoBERTa-large, 
 each is crossed on its own (with the preset's shared `params` and the command line's overrides), the
 sweep is their union, and `hydra.sweeper.only=[name,...]` picks some. A grid may carry its own
 `init_from` (the baselines do not start from MNLI; LoRA does).
+
+Reuse (`hydra.sweeper.reuse: [experiment, ...]`): a run whose config equals, but for `experiment`, a
+run that succeeded in one of those experiments (its record in results/<name>.jsonl) is not trained
+again: its folder gets a copy of that record, marked `run.reused_from`. A study's main table takes its
+seed-0 runs from the seed-0 sweep that chose its settings, without paying for them twice.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ class Planned:
     run_id: str
     folder: Path
     state: str  # done (success record) | todo | waiting (its init_from source has not succeeded)
+    # | reuse (an identical run of a `reuse` experiment succeeded: `adopt` copies its record)
     needs: str | None = None  # the run id of the source a waiting run needs
+    source: dict[str, Any] | None = None  # the record a `reuse` run adopts
 
 
 Expanded = list[tuple[list[list[str]], dict[str, str]]]  # per grid: its jobs and its init_from
@@ -94,11 +101,14 @@ def expand(sweeper: Any, arguments: Sequence[str]) -> Expanded:
     return out
 
 
-def plan_all(expanded: Expanded, load: Callable[[list[str]], Any]) -> list[Planned]:
+def plan_all(
+    expanded: Expanded, load: Callable[[list[str]], Any], reuse: Sequence[str] = (),
+    results_dir: str | Path = "results",
+) -> list[Planned]:  # fmt: skip
     """`plan` over every grid of a sweep; a run that two grids both name is planned once."""
     out: dict[str, Planned] = {}
     for jobs, init_from in expanded:
-        for p in plan(jobs, load, init_from):
+        for p in plan(jobs, load, init_from, reuse, results_dir):
             out.setdefault(p.run_id, p)
     return list(out.values())
 
@@ -119,11 +129,13 @@ def sibling(overrides: Sequence[str], task: str, src: str) -> list[str]:
 
 
 def plan(
-    jobs: Sequence[Sequence[str]], load: Callable[[list[str]], Any], init_from: dict[str, str]
-) -> list[Planned]:
+    jobs: Sequence[Sequence[str]], load: Callable[[list[str]], Any], init_from: dict[str, str],
+    reuse: Sequence[str] = (), results_dir: str | Path = "results",
+) -> list[Planned]:  # fmt: skip
     """State of each job (a list of overrides; `load` composes it into a RunConfig). Runs whose task
-    is a key of `init_from` get `++train.init_from=` their source sibling's adapter. A folder that
-    holds a different config is a ConfigError (identity.prior_state): nothing is launched."""
+    is a key of `init_from` get `++train.init_from=` their source sibling's adapter; runs that a
+    `reuse` experiment already ran are `reuse`. A folder that holds a different config is a
+    ConfigError (identity.prior_state): nothing is launched."""
     from lora_repro import identity
     from lora_repro.data import fingerprint
 
@@ -144,8 +156,47 @@ def plan(
         folder = identity.run_dir(cfg)
         state = identity.prior_state(folder, identity.config_hash(cfg), fingerprint(cfg.task))
         state = "done" if state == "done" else ("waiting" if needs else "todo")
-        out.append(Planned(ov, identity.run_id(cfg), folder, state, needs))
+        source = reusable(cfg, reuse, results_dir) if state == "todo" else None
+        state = "reuse" if source else state
+        out.append(Planned(ov, identity.run_id(cfg), folder, state, needs, source))
     return out
+
+
+_INDEX: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}  # (file, mtime) -> hash -> record
+
+
+def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[str, Any] | None:
+    """The success record, in results/<name>.jsonl of a `reuse` experiment, of the run that `cfg`
+    is but for its experiment; None if none ran."""
+    from lora_repro import identity
+
+    for name in reuse:
+        path = Path(results_dir) / f"{name}.jsonl"
+        if not path.is_file():
+            raise ConfigError(f"hydra.sweeper.reuse: no {path} (experiment {name!r} not collected)")
+        key = (str(path), path.stat().st_mtime)
+        if key not in _INDEX:
+            recs = (json.loads(x) for x in _lines(path))
+            _INDEX[key] = {r["config_hash"]: r for r in recs if r.get("status") == "success"}
+        rec = _INDEX[key].get(identity.config_hash(replace(cfg, experiment=name)))
+        if rec is not None:
+            return rec
+    return None
+
+
+def adopt(p: Planned, cfg: Any) -> None:
+    """Give a `reuse` run's folder its source's record (this run's config, id and folder; the
+    source's metrics and cost; `run.reused_from`), so it is done and `collect` gathers it."""
+    from lora_repro import identity
+
+    assert p.source is not None
+    chash = identity.config_hash(cfg)
+    run = {**p.source["run"], "id": p.run_id, "experiment": cfg.experiment,
+           "folder": str(p.folder), "reused_from": p.source["run"].get("folder")}  # fmt: skip
+    rec = {**p.source, "run": run, "config": cfg.to_dict(), "config_hash": chash}
+    p.folder.mkdir(parents=True, exist_ok=True)
+    identity.write_config(p.folder, cfg, chash)
+    write_atomic(p.folder / "result.json", json.dumps(rec, indent=2, sort_keys=True, default=str))
 
 
 def outcome(p: Planned) -> str:
@@ -177,9 +228,8 @@ def summary(planned: Sequence[Planned], before: dict[str, str]) -> str:
 
 def plan_summary(planned: Sequence[Planned]) -> str:
     """One line before launching: how many runs are done, to run, waiting."""
-    counts = Counter(
-        {"done": "done", "todo": "to run", "waiting": "waiting"}[p.state] for p in planned
-    )
+    names = {"done": "done", "todo": "to run", "waiting": "waiting", "reuse": "to reuse"}
+    counts = Counter(names[p.state] for p in planned)
     return f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 

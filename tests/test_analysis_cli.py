@@ -269,3 +269,18 @@ def test_curves_plot_each_runs_primary_metric_by_epoch(tmp_path, capsys):
     assert list(df[df["label"] == "A"]["value"]) == [0.5, 0.7, 0.72]
     assert set(df["metric"]) == {"dev/accuracy"} and list(df["epoch"][:3]) == [1.0, 2.0, 3.0]
     assert main(["curves", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    # the same curves from the records alone (their run folders need not exist here)
+    recs = [{"run": {"folder": f"/elsewhere/runs/x/sst2/full/{n}_bs8/s0"},
+             "metrics": {"primary_metric": "dev/accuracy",
+                         "curve": [{"epoch": 1.0, "step": 10, "dev/accuracy": v}]}}
+            for n, v in (("a", 0.5), ("b", 0.6), ("c", 0.7))]  # fmt: skip
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    run_cli(["curves", "--records", str(results), "--runs", "runs/x/sst2/*/[ab]_*/s0",
+             "--out", str(tmp_path / "p")], capsys)  # fmt: skip
+    df = pd.read_csv(tmp_path / "p" / "curves.csv")
+    assert list(df["value"]) == [0.5, 0.6] and list(df["label"]) == ["sst2 a s0", "sst2 b s0"]
+    assert (
+        main(["curves", "--records", str(results), "--runs", "runs/y/*", "--out", str(tmp_path)])
+        == 2
+    )

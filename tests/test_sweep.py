@@ -26,7 +26,7 @@ def loader(runs_dir: Path):
             "task": {"name": kv.get("task", "sst2")},
             "method": {"name": "lora"},
             "train": {"lr": float(kv.get("train.lr", 5e-4)), "init_from": kv.get("train.init_from", "").strip("'") or None},
-            "experiment": "t",
+            "experiment": kv.get("experiment", "t"),
             "seed": int(kv.get("seed", 0)),
             "runs_dir": str(runs_dir),
         }  # fmt: skip
@@ -42,7 +42,7 @@ def finish(cfg: RunConfig, status: str = "success") -> Path:
     rec = {
         "status": status,
         "config_hash": chash,
-        "run": {"id": identity.run_id(cfg)},
+        "run": {"id": identity.run_id(cfg), "folder": str(folder)},
         "config": cfg.to_dict(),
     }
     record.write_result(folder, rec)
@@ -65,6 +65,29 @@ def test_relaunch_plans_only_runs_without_success(tmp_path: Path):
     assert planned[1].run_id == identity.run_id(load(["seed=1"]))
     lines = sweep.plan_lines([p for p in planned if p.state == "todo"]).splitlines()
     assert [shlex.split(x) for x in lines] == [["seed=1"], ["seed=2"], ["seed=3"]]
+
+
+def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: Path):
+    """hydra.sweeper.reuse: the seed-0 sweep's run is the main study's seed-0 run (same config but
+    for the experiment): its record is copied, marked reused_from; other runs still train."""
+    load, results = loader(tmp_path), tmp_path / "results"
+    src = finish(load(["seed=0", "experiment=sweep"]))
+    finish(load(["seed=1", "experiment=sweep", "train.lr=1e-3"]))  # another config: not reused
+    sweep.collect("sweep", tmp_path, results)
+    jobs = [["seed=0"], ["seed=1"]]
+    planned = sweep.plan(jobs, load, {}, ["sweep"], results)
+    assert [p.state for p in planned] == ["reuse", "todo"]
+    assert sweep.plan(jobs, load, {}, [], results)[0].state == "todo"  # only when asked
+    sweep.adopt(planned[0], load(["seed=0"]))
+    assert [p.state for p in sweep.plan(jobs, load, {}, ["sweep"], results)] == ["done", "todo"]
+    rec = json.loads((identity.run_dir(load(["seed=0"])) / "result.json").read_text())
+    assert rec["config"]["experiment"] == "t" and rec["run"]["id"].startswith("t/")
+    assert rec["config_hash"] == identity.config_hash(load(["seed=0"]))
+    assert rec["run"]["reused_from"] == str(src)
+    out, counts, _ = sweep.collect("t", tmp_path, results)
+    assert counts["success"] == 1
+    with pytest.raises(ConfigError, match="no .*nope.jsonl"):
+        sweep.plan(jobs, load, {}, ["nope"], results)
 
 
 def test_mnli_init_waits_then_points_at_the_mnli_adapter(tmp_path: Path):

@@ -99,6 +99,8 @@ def test_run_learns_the_toy_task_and_records_the_best_epoch(tmp_path):
     assert rec["metrics"]["primary"] == best["dev/accuracy"] > 0.8  # it learned "contains 7"
     assert rec["metrics"]["best_step"] == best["step"]
     assert rec["metrics"]["final"] == {"dev/accuracy": evals[-1]["dev/accuracy"]}
+    # the learning curve travels with the record (committed results rebuild curves without runs/)
+    assert rec["metrics"]["curve"] == [{k: v for k, v in r.items() if k != "event"} for r in evals]
     assert sum(losses[-12:]) < 0.75 * sum(losses[:12])
     # adapter.safetensors holds the best evaluation's weights: re-scoring them gives the best metric
     assert not (folder / "checkpoint").exists()  # removed after success (keep_checkpoint=false)

@@ -7,8 +7,9 @@ On the real MiniLM-L6 and real SST-2 (../shared/data/glue or $GLUE_DIR), one epo
   1. whole runs, full fine-tuning and LoRA: fp32 -> bf16 autocast -> bf16 + length-grouped batches,
      from each run's record: tokens/s (real tokens), training time, CPU-seconds, wall time;
   2. evaluation of the dev set in file order vs longest first (batching.by_length);
-  3. building the run (tokenise + model) with a cold vs a warm token cache (data/cache.py).
-Writes speed.md and speed.json under --out and prints the Markdown. Timings are never asserted.
+  3. building the run (tokenise + model) with a cold vs a warm token cache (data/cache.py);
+  4. one AdamW step over full fine-tuning's parameters, foreach vs the fused kernel train.py uses.
+`--sections` runs some of them (default: all). Writes speed.md and speed.json under --out and prints the Markdown. Timings are never asserted.
 """
 
 from __future__ import annotations
@@ -94,18 +95,53 @@ def setup_cache(rows: int, tmp: Path) -> list[dict]:
     return out
 
 
+def optimizer_step(rows: int, tmp: Path, steps: int = 20) -> list[dict]:
+    cfg = config(tmp / "o", rows, "mini=full")
+    params = [p for p in build(cfg, torch.device("cpu")).model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    out = []
+    for name, fused in (("foreach", False), ("fused", True)):
+        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1, fused=fused)
+        opt.step()  # the state is allocated on the first step
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            opt.step()
+        out.append({"optimizer": name, "params": sum(p.numel() for p in params),
+                    "wall_s_per_step": (time.perf_counter() - t0) / steps,
+                    "cpu_s_per_step": (time.process_time() - c0) / steps})  # fmt: skip
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = [f"### CPU speed-ups (MiniLM-L6, SST-2, {res['rows']} rows x 1 epoch, batch 32, "
-             f"{res['threads']} thread(s), torch {torch.__version__})", "",
-             "| method | variant | tokens/s | train s | CPU s / run | wall s | dev acc | tokens/s vs fp32 | CPU s vs fp32 |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in res["runs"]:
+             f"{res['threads']} thread(s), torch {torch.__version__})", ""]  # fmt: skip
+    if res.get("runs"):
+        lines += ["| method | variant | tokens/s | train s | CPU s / run | wall s | dev acc | tokens/s vs fp32 | CPU s vs fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in res.get("runs", []):
         ref = next(x for x in res["runs"] if x["method"] == r["method"] and x["variant"] == "fp32")
         lines.append(f"| {r['method']} | {r['variant']} | {r['tokens_per_s']:,.0f} | {r['train_time_s']:.1f} | "
                      f"{r['cpu_time_s']:.1f} | {r['wall_time_s']:.1f} | {r['dev_accuracy']:.4f} | "
                      f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x | {r['cpu_time_s'] / ref['cpu_time_s']:.2f}x |")  # fmt: skip
+    if res.get("eval"):
+        lines += _eval(res)
+    if res.get("setup"):
+        lines += _setup(res)
+    if res.get("optimizer"):
+        o0, o1 = res["optimizer"]
+        lines += ["", f"| one AdamW step, full FT ({o0['params']:,} parameters) | wall s | CPU s |",
+                  "|---|---|---|"]  # fmt: skip
+        lines += [f"| {o['optimizer']} | {o['wall_s_per_step']:.4f} | {o['cpu_s_per_step']:.4f} |"
+                  for o in res["optimizer"]]  # fmt: skip
+        lines.append(f"| ratio | {o1['wall_s_per_step'] / o0['wall_s_per_step']:.2f}x | "
+                     f"{o1['cpu_s_per_step'] / o0['cpu_s_per_step']:.2f}x |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _eval(res: dict) -> list[str]:
     e0, e1 = res["eval"]
-    lines += [
+    lines = [
         "",
         "| dev evaluation (872 rows, fp32) | wall s | CPU s | accuracy |",
         "|---|---|---|---|",
@@ -117,13 +153,21 @@ def markdown(res: dict) -> str:
     lines.append(
         f"| ratio | {e1['wall_s'] / e0['wall_s']:.2f}x | {e1['cpu_s'] / e0['cpu_s']:.2f}x | |"
     )
+    return lines
+
+
+def _setup(res: dict) -> list[str]:
     s0, s1 = res["setup"]
-    lines += ["", "| build (10,000 SST-2 rows + dev, model) | wall s | CPU s |", "|---|---|---|"]
+    lines = ["", "| build (10,000 SST-2 rows + dev, model) | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {s['build']} | {s['wall_s']:.2f} | {s['cpu_s']:.2f} |" for s in res["setup"]]
     lines.append(
         f"| ratio | {s1['wall_s'] / s0['wall_s']:.2f}x | {s1['cpu_s'] / s0['cpu_s']:.2f}x |"
     )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+SECTIONS = {"setup": setup_cache, "eval": eval_order, "runs": whole_runs,
+            "optimizer": optimizer_step}  # fmt: skip
 
 
 def main() -> int:
@@ -133,13 +177,18 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "results" / "mini_speed"))
+    p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        res = {"rows": args.rows, "threads": args.threads, "setup": setup_cache(args.rows, t),
-               "eval": eval_order(args.rows, t), "runs": whole_runs(args.rows, t)}  # fmt: skip
     out = Path(args.out)
+    # a partial measurement updates its sections of the last full one (speed.json)
+    old = json.loads((out / "speed.json").read_text()) if (out / "speed.json").is_file() else {}
+    res = {**old, "rows": args.rows, "threads": args.threads}
+    if old.get("rows", args.rows) != args.rows or old.get("threads", args.threads) != args.threads:
+        res = {"rows": args.rows, "threads": args.threads}  # other settings: not comparable
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sections:
+            res[name] = SECTIONS[name](args.rows, Path(tmp))
     write_atomic(out / "speed.json", json.dumps(res, indent=1) + "\n")
     write_atomic(out / "speed.md", markdown(res))
     print(markdown(res))

@@ -30,6 +30,7 @@ class SkipDoneSweeperConf:
     init_from: Dict[str, str] = field(default_factory=dict)  # noqa: UP006 (task -> source task)
     grids: Optional[Dict[str, Any]] = None  # noqa: UP006, UP045 (named grids, unioned: sweep.expand)
     only: Optional[List[str]] = None  # noqa: UP006, UP045 (the grids to run; None: all)
+    reuse: List[str] = field(default_factory=list)  # noqa: UP006 (experiments whose runs count here)
     dry_run: bool = False  # print the plan, launch nothing
     plan_file: Optional[str] = None  # noqa: UP045 (write the runs to do, one override line each)
 
@@ -60,6 +61,7 @@ class SkipDoneSweeper(BasicSweeper):
         init_from: Optional[Dict[str, str]] = None,  # noqa: UP006, UP045
         grids: Optional[Dict[str, Any]] = None,  # noqa: UP006, UP045
         only: Optional[List[str]] = None,  # noqa: UP006, UP045
+        reuse: Optional[List[str]] = None,  # noqa: UP006, UP045
         dry_run: bool = False,
         plan_file: Optional[str] = None,  # noqa: UP045
     ) -> None:
@@ -67,6 +69,7 @@ class SkipDoneSweeper(BasicSweeper):
         self.init_from = dict(init_from or {})
         self.grids = grids
         self.only = only
+        self.reuse = list(reuse or [])
         self.dry_run = dry_run
         self.plan_file = plan_file
         self._configs: Dict[tuple, Any] = {}  # noqa: UP006 (overrides -> RunConfig; re-planning is free)
@@ -109,7 +112,7 @@ class SkipDoneSweeper(BasicSweeper):
             arguments,
         )  # fmt: skip
         log.info("planning %d runs (composing each config)", sum(len(j) for j, _ in expanded))
-        planned = sweep.plan_all(expanded, self._load)
+        planned = sweep.plan_all(expanded, self._load, self.reuse)
         before = {p.run_id: p.state for p in planned}
         log.info("sweep plan: %s", sweep.plan_summary(planned))
         if self.plan_file is not None or self.dry_run:
@@ -120,6 +123,11 @@ class SkipDoneSweeper(BasicSweeper):
                 write_atomic(self.plan_file, sweep.plan_lines(todo))
                 log.info("wrote %d runs to %s", len(todo), self.plan_file)
             return []
+        for p in planned:
+            if p.state == "reuse":
+                sweep.adopt(p, self._load(p.overrides))
+                log.info("reused %s: it ran as %s", p.run_id, p.source["run"].get("id"))  # type: ignore[index]
+        planned = sweep.plan_all(expanded, self._load, self.reuse)
 
         # as Hydra's basic sweeper does: the sweep's config next to its outputs
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -138,7 +146,7 @@ class SkipDoneSweeper(BasicSweeper):
                 )
                 idx += len(batch)
             launched |= {p.run_id for p in todo}
-            planned = sweep.plan_all(expanded, self._load)
+            planned = sweep.plan_all(expanded, self._load, self.reuse)
         for r in (r for batch in returns for r in batch):
             if r.status.name == "FAILED":  # a crash outside the trainer's own failure records
                 log.error("job %s raised: %r", r.overrides, r._return_value)

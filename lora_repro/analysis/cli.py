@@ -18,7 +18,7 @@ COMMANDS = {
     "subspace": reports.subspace,
     "spectrum": reports.spectrum,
     "amplification": reports.amplification,
-    "curves": curves.report,  # learning curves from history.jsonl (is the budget enough?)
+    "curves": curves.report,  # learning curves from history.jsonl or records (is the budget enough?)
 }
 
 
@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     sub.choices["amplification"].add_argument("--exact", action="store_true", help="full SVD of W")
     sub.choices["curves"].add_argument(
         "--metric", help="the metric to plot (default: each run's primary)"
+    )
+    sub.choices["curves"].add_argument(
+        "--records", nargs="+", help="results/*.jsonl: read the curves the records carry"
     )
     return p
 

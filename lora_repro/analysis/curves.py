@@ -1,8 +1,10 @@
-"""Learning curves from runs' history.jsonl: every evaluation's metric by epoch, one line per run,
-so a study can show that its budget let the dev metric plateau (issue #18)."""
+"""Learning curves from runs' history.jsonl, or from the `curve` their records carry (so a study's
+committed results/*.jsonl rebuild them without the run folders): every evaluation's metric by epoch,
+one line per run, so a study can show that its budget let the dev metric plateau (issue #18)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -35,8 +37,30 @@ def primary(run: Path) -> str:
     return cols[0] if cols else "dev/loss"
 
 
-def curves(runs: list[Path], labels: list[str], metric: str | None, stem: Path) -> list[Path]:
-    """<stem>.csv (run, label, epoch, step, metric, value) and <stem>.png/.pdf (one panel per metric)."""
+def from_records(paths: list[str], patterns: list[str]) -> dict[Path, tuple[pd.DataFrame, str]]:
+    """Each run folder matching a pattern (a glob, matched against the folder's tail) in the records
+    files, with its evaluations (the record's `curve`) and primary metric; the last record wins."""
+    found: dict[Path, tuple[pd.DataFrame, str]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            rec = json.loads(line)
+            folder, m = rec["run"]["folder"], rec.get("metrics") or {}
+            if not m.get("curve") or not any(
+                fnmatch.fnmatch(folder, p) or fnmatch.fnmatch(folder, f"*/{p}") for p in patterns
+            ):
+                continue
+            found[Path(folder)] = (pd.DataFrame(m["curve"]), m.get("primary_metric") or "")
+    if not found:
+        raise ConfigError(f"no record with a curve in {paths} has a run folder matching {patterns}")
+    return dict(sorted(found.items()))
+
+
+def curves(
+    runs: list[Path], labels: list[str], metric: str | None, stem: Path,
+    records: dict[Path, tuple[pd.DataFrame, str]] | None = None,
+) -> list[Path]:  # fmt: skip
+    """<stem>.csv (run, label, epoch, step, metric, value) and <stem>.png/.pdf (one panel per metric).
+    `records` (from_records) replaces reading each run's history.jsonl."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,8 +68,8 @@ def curves(runs: list[Path], labels: list[str], metric: str | None, stem: Path) 
 
     frames = []
     for run, label in zip(runs, labels, strict=True):
-        h = history(run)
-        name = metric or primary(run)
+        h, name = records[run] if records else (history(run), None)
+        name = metric or name or primary(run)
         if name not in h:
             raise ConfigError(
                 f"{run}: no {name!r} in its evaluations; it has {sorted(c for c in h if '/' in c)}"
@@ -69,11 +93,17 @@ def curves(runs: list[Path], labels: list[str], metric: str | None, stem: Path) 
 
 
 def report(args) -> list[Path]:
-    """`analyze curves --runs R... [--labels ...] [--metric dev/accuracy] [--name N] [--out DIR]`."""
+    """`analyze curves --runs R... [--records results/X.jsonl ...] [--labels ...] [--metric M]
+    [--name N] [--out DIR]`: R are run folders or globs (with --records: matched against the
+    records' run folders, whose history need not exist here)."""
     import glob
 
-    runs = [Path(p) for pattern in args.runs for p in (sorted(glob.glob(pattern)) or [pattern])]
-    runs = [r for r in runs if r.is_dir()]
+    records = from_records(args.records, args.runs) if getattr(args, "records", None) else None
+    if records:
+        runs = list(records)
+    else:
+        runs = [Path(p) for pattern in args.runs for p in (sorted(glob.glob(pattern)) or [pattern])]
+        runs = [r for r in runs if r.is_dir()]
     if not runs:
         raise ConfigError(f"no run folders match {args.runs}")
     # task, the hparam tag's first part (the lr) and the seed: what tells a sweep's runs apart
@@ -83,4 +113,4 @@ def report(args) -> list[Path]:
     if len(labels) != len(runs):
         raise ConfigError(f"--labels: {len(labels)} given for {len(runs)} runs")
     stem = Path(args.out) / (args.name or "curves")
-    return curves(runs, labels, getattr(args, "metric", None), stem)
+    return curves(runs, labels, getattr(args, "metric", None), stem, records)
