@@ -163,6 +163,7 @@ def plan(
 
 
 _INDEX: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}  # (file, mtime) -> hash -> record
+_INDEX_MISSING: set[str] = set()  # warned once
 
 
 def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[str, Any] | None:
@@ -172,8 +173,11 @@ def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[st
 
     for name in reuse:
         path = Path(results_dir) / f"{name}.jsonl"
-        if not path.is_file():
-            raise ConfigError(f"hydra.sweeper.reuse: no {path} (experiment {name!r} not collected)")
+        if not path.is_file():  # not collected yet: nothing to reuse (the runs train)
+            if str(path) not in _INDEX_MISSING:
+                log.warning("hydra.sweeper.reuse: no %s yet (%r not collected)", path, name)
+                _INDEX_MISSING.add(str(path))
+            continue
         key = (str(path), path.stat().st_mtime)
         if key not in _INDEX:
             recs = (json.loads(x) for x in _lines(path))

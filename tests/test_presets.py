@@ -25,6 +25,9 @@ EXPECTED = {
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
+    "mini_conv": 5 * 2 * 3,  # tasks x methods with chosen settings x seeds
+    "mini_conv_sweep": 5
+    * (3 * 2 + 2),  # tasks x (BitFit, AdapterH, AdapterP x 2 lrs + PreLayer x 2)
     # rows x tasks x seeds: RoBERTa-base LoRA, FT, BitFit, AdptD x 2; RoBERTa-large and DeBERTa FT, LoRA
     "table2_glue": (5 + 2 + 2) * 8 * 5,
     "table2_houlsby": 5 * 8 * 5,  # LoRA†, AdptP† x 2, AdptH† x 2
@@ -189,3 +192,24 @@ def test_experiments_readme_quotes_each_presets_run_count():
         if len(cells) > 2 and cells[1].startswith("`") and cells[2].isdigit():
             quoted[cells[1].strip("`")] = int(cells[2])
     assert quoted and all(EXPECTED[name] == n for name, n in quoted.items()), quoted
+
+
+def test_mini_conv_reuses_the_sweeps_seed_0_runs_and_doubles_peft_epochs(tmp_path: Path):
+    """The main table's full fine-tuning at seed 0 is mini_conv_lr's committed run at lr 1e-4 (same
+    config but for the experiment), so it is adopted, not retrained; LoRA trains 2x FT's epochs."""
+    name = "mini_conv"
+    cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
+    expanded = sweep.expand(cfg.hydra.sweeper, [f"experiment={name}", f"runs_dir={tmp_path}"])
+    results = Path(__file__).parents[1] / "results"
+    planned = sweep.plan_all(expanded, load, list(cfg.hydra.sweeper.reuse), results)
+    by_id = {p.run_id: p for p in planned}
+    reused = sorted(i for i, p in by_id.items() if p.state == "reuse")
+    assert reused == sorted(i for i in by_id if "/full/" in i and i.endswith("/s0"))
+    assert len(reused) == 5 and all(
+        by_id[i].source["config"]["train"]["lr"] == 1e-4 for i in reused
+    )
+    ft, lora = (
+        load([f"experiment={name}", "recipe=minilm/rte", f"mini_conv={m}"])
+        for m in ("full", "lora")
+    )
+    assert (ft.train.epochs, lora.train.epochs, lora.train.lr) == (8, 16, 3e-3)
