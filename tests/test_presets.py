@@ -4,6 +4,7 @@ paper's settings (spot checks of single jobs; composing all ~350 jobs would take
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,9 @@ EXPECTED = {
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
     "mini_conv": 5 * 2 * 3,  # tasks x methods with chosen settings x seeds
-    "mini_conv_sweep": 5
-    * (3 * 2 + 2),  # tasks x (BitFit, AdapterH, AdapterP x 2 lrs + PreLayer x 2)
+    "mini_conv_sweep": 5 * (3 * 2 + 2),  # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2)
+    "mini_conv_rank": 2 * 5 * 2,  # tasks x ranks x seeds
+    "mini_conv_matrices": 2 * 3 * 2,  # tasks x arms x seeds
     # rows x tasks x seeds: RoBERTa-base LoRA, FT, BitFit, AdptD x 2; RoBERTa-large and DeBERTa FT, LoRA
     "table2_glue": (5 + 2 + 2) * 8 * 5,
     "table2_houlsby": 5 * 8 * 5,  # LoRA†, AdptP† x 2, AdptH† x 2
@@ -213,3 +215,20 @@ def test_mini_conv_reuses_the_sweeps_seed_0_runs_and_doubles_peft_epochs(tmp_pat
         for m in ("full", "lora")
     )
     assert (ft.train.epochs, lora.train.epochs, lora.train.lr) == (8, 16, 3e-3)
+
+
+def test_mini_conv_arms_are_the_main_tables_lora_but_for_the_shape():
+    """Rank arm's r = 8 is the main table's LoRA run; the matrix arm's Wq, Wv r = 4 is the rank arm's
+    r = 4 run (same config but for the experiment: `hydra.sweeper.reuse` adopts them)."""
+    base = ["recipe=minilm/mrpc", "mini_conv=lora", "seed=1"]
+    main = load(["experiment=mini_conv", *base])
+    r8 = load(["experiment=mini_conv_rank", *base, "method.r=8"])
+    r4 = load(["experiment=mini_conv_rank", *base, "method.r=4"])
+    arm = load(["experiment=mini_conv_matrices", *base, "arm=qv_r4"])
+
+    def same(a: RunConfig, b: RunConfig) -> bool:
+        return identity.config_hash(a) == identity.config_hash(replace(b, experiment=a.experiment))
+
+    assert same(main, r8) and same(r4, arm) and not same(main, r4)
+    q8 = load(["experiment=mini_conv_matrices", *base, "arm=q_r8"])
+    assert (q8.method.targets, q8.method.r, q8.method.alpha, q8.train.epochs) == ("q", 8, 8, 10)
