@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild every committed artifact of the CPU mini study (issue #9) from its runs: results/mini*.jsonl,
-# the tables in results/tables/mini/, the §7 figures in results/figures/mini/, and the study README blocks
-# between <!-- mini:NAME --> markers of experiments/mini/README.md. Trains nothing; run it after the four `train -m` commands.
+# Rebuild every committed artifact of both CPU mini studies: the converged one (issue #18,
+# experiments/mini_conv_report.sh, from its committed records and archived adapters) and, when its
+# run folders are here, the superseded 62-step one (issue #9): results/mini*.jsonl, the tables in
+# results/tables/mini/, the §7 figures in results/figures/mini/, and the README blocks between
+# <!-- mini:NAME --> markers of experiments/mini/README.md. Trains nothing.
 #   bash experiments/mini_report.sh        (from the repository root, with the venv active)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bash experiments/mini_conv_report.sh
+if [ ! -d runs/mini ]; then
+  echo "the superseded 62-step study's run folders are not here: its committed artifacts stay as they are"
+  exit 0
+fi
 
 for e in mini_lr mini mini_rank mini_matrices; do lora-repro collect "$e"; done
 T="--out-dir=results/tables/mini"
