@@ -84,7 +84,7 @@ def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: 
     assert rec["config"]["experiment"] == "t" and rec["run"]["id"].startswith("t/")
     assert rec["config_hash"] == identity.config_hash(load(["seed=0"]))
     assert rec["run"]["reused_from"] == str(src)
-    out, counts, _ = sweep.collect("t", tmp_path, results)
+    _, counts, _ = sweep.collect("t", tmp_path, results)
     assert counts["success"] == 1
     assert [p.state for p in sweep.plan(jobs, load, {}, ["nope"], results)] == ["done", "todo"]
 
