@@ -5,14 +5,12 @@ assembled from all of it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,14 +105,10 @@ def after_fit(job: Job, result: FitResult) -> FitResult:
     return dataclasses.replace(result, best=best)
 
 
-def curve(folder: Path) -> list[dict[str, float]]:
-    """The run's evaluations from history.jsonl, one per step (a resumed run's repeat of a step
-    replaces the earlier row)."""
-    path = folder / "history.jsonl"
-    text = path.read_text() if path.is_file() else ""
-    rows = [json.loads(x) for x in text.splitlines() if x.strip()]
-    by_step = {r["step"]: r for r in rows if r.get("event") == "eval" and "step" in r}
-    return [{k: v for k, v in r.items() if k != "event"} for _, r in sorted(by_step.items())]
+def curve(s: Session) -> list[dict[str, float]]:
+    """The run's evaluations, in order (a resumed run's history was cut back to its checkpoint)."""
+    evals = (r for r in s.history.rows() if r.get("event") == "eval")
+    return [{k: v for k, v in r.items() if k != "event"} for r in evals]
 
 
 def make_record(
@@ -162,7 +156,7 @@ def make_record(
             best_epoch=best.get("epoch"),
             best=named(best),
             final=named(result.last if result else None),
-            curve=curve(s.folder),
+            curve=curve(s),
         ),
         cost=record.Cost(
             **(job.built.counts if job else {}),

@@ -38,7 +38,7 @@ from typing import Any
 
 from lora_repro.atomic import write_atomic
 from lora_repro.errors import ConfigError
-from lora_repro.record import environment_label, read_json
+from lora_repro.record import environment_label, read_json, write_result
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def adopt(p: Planned, cfg: Any) -> None:
     rec = {**p.source, "run": run, "config": cfg.to_dict(), "config_hash": chash}
     p.folder.mkdir(parents=True, exist_ok=True)
     identity.write_config(p.folder, cfg, chash)
-    write_atomic(p.folder / "result.json", json.dumps(rec, indent=2, sort_keys=True, default=str))
+    write_result(p.folder, rec)
 
 
 def outcome(p: Planned) -> str:
