@@ -23,6 +23,8 @@ Reuse (`hydra.sweeper.reuse: [experiment, ...]`): a run whose config equals, but
 run that succeeded in one of those experiments (its record in results/<name>.jsonl) is not trained
 again: its folder gets a copy of that record, marked `run.reused_from`. A study's main table takes its
 seed-0 runs from the seed-0 sweep that chose its settings, without paying for them twice.
+A sweep's own results/<experiment>.jsonl counts the same way: a run collected in an earlier session,
+whose folder is gone (a CPU study on machines that lose runs/), gets its record back, not a retrain.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ def plan(
         folder = identity.run_dir(cfg)
         state = identity.prior_state(folder, identity.config_hash(cfg), fingerprint(cfg.task))
         state = "done" if state == "done" else ("waiting" if needs else "todo")
-        source = reusable(cfg, reuse, results_dir) if state == "todo" else None
+        own = [cfg.experiment, *reuse]  # its own collected record first: the same run, restored
+        source = reusable(cfg, own, results_dir) if state == "todo" else None
         state = "reuse" if source else state
         out.append(Planned(ov, identity.run_id(cfg), folder, state, needs, source))
     return out
@@ -167,14 +170,14 @@ _INDEX_MISSING: set[str] = set()  # warned once
 
 
 def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[str, Any] | None:
-    """The success record, in results/<name>.jsonl of a `reuse` experiment, of the run that `cfg`
-    is but for its experiment; None if none ran."""
+    """The success record, in results/<name>.jsonl of a `reuse` experiment (or of cfg's own), of
+    the run that `cfg` is but for its experiment; None if none ran."""
     from lora_repro import identity
 
     for name in reuse:
         path = Path(results_dir) / f"{name}.jsonl"
         if not path.is_file():  # not collected yet: nothing to reuse (the runs train)
-            if str(path) not in _INDEX_MISSING:
+            if name != cfg.experiment and str(path) not in _INDEX_MISSING:
                 log.warning("hydra.sweeper.reuse: no %s yet (%r not collected)", path, name)
                 _INDEX_MISSING.add(str(path))
             continue
@@ -195,12 +198,14 @@ def adopt(p: Planned, cfg: Any) -> None:
 
     assert p.source is not None
     chash = identity.config_hash(cfg)
-    run = {**p.source["run"], "id": p.run_id, "experiment": cfg.experiment,
-           "folder": str(p.folder), "reused_from": p.source["run"].get("folder")}  # fmt: skip
-    rec = {**p.source, "run": run, "config": cfg.to_dict(), "config_hash": chash}
     p.folder.mkdir(parents=True, exist_ok=True)
     identity.write_config(p.folder, cfg, chash)
-    write_result(p.folder, rec)
+    if p.source.get("config_hash") == chash:  # this run's own record, collected earlier: restore
+        write_result(p.folder, p.source)
+        return
+    run = {**p.source["run"], "id": p.run_id, "experiment": cfg.experiment,
+           "folder": str(p.folder), "reused_from": p.source["run"].get("folder")}  # fmt: skip
+    write_result(p.folder, {**p.source, "run": run, "config": cfg.to_dict(), "config_hash": chash})
 
 
 def outcome(p: Planned) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,24 @@ def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: 
     _, counts, _ = sweep.collect("t", tmp_path, results)
     assert counts["success"] == 1
     assert [p.state for p in sweep.plan(jobs, load, {}, ["nope"], results)] == ["done", "todo"]
+
+
+def test_a_collected_run_whose_folder_is_gone_is_restored_not_retrained(tmp_path: Path):
+    """A CPU study on machines that lose runs/ between sessions: the runs collected into
+    results/<experiment>.jsonl count as done; the relaunch writes their records back, trains the rest."""
+    load, results = loader(tmp_path), tmp_path / "results"
+    jobs = [["seed=0"], ["seed=1"]]
+    folder = finish(load(["seed=0"]))
+    sweep.collect("t", tmp_path, results)
+    want = json.loads((folder / "result.json").read_text())
+    shutil.rmtree(tmp_path / "t")  # a new machine: only git (results/) survived
+    planned = sweep.plan(jobs, load, {}, [], results)
+    assert [p.state for p in planned] == ["reuse", "todo"]
+    sweep.adopt(planned[0], load(["seed=0"]))
+    assert json.loads((folder / "result.json").read_text()) == want  # the same record, not a copy marked reused
+    assert [p.state for p in sweep.plan(jobs, load, {}, [], results)] == ["done", "todo"]
+    _, counts, _ = sweep.collect("t", tmp_path, results)
+    assert counts["success"] == 1 and counts["kept from before"] == 0
 
 
 def test_mnli_init_waits_then_points_at_the_mnli_adapter(tmp_path: Path):

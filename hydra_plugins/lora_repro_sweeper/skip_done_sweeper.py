@@ -126,7 +126,9 @@ class SkipDoneSweeper(BasicSweeper):
         for p in planned:
             if p.state == "reuse":
                 sweep.adopt(p, self._load(p.overrides))
-                log.info("reused %s: it ran as %s", p.run_id, p.source["run"].get("id"))  # type: ignore[index]
+                ran = p.source["run"].get("id")  # type: ignore[index]
+                how = "restored from results/" if ran == p.run_id else f"reused: it ran as {ran}"
+                log.info("%s %s", how, p.run_id)
         planned = sweep.plan_all(expanded, self._load, self.reuse)
 
         # as Hydra's basic sweeper does: the sweep's config next to its outputs
