@@ -102,7 +102,8 @@ def test_a_collected_run_whose_folder_is_gone_is_restored_not_retrained(tmp_path
     planned = sweep.plan(jobs, load, {}, [], results)
     assert [p.state for p in planned] == ["reuse", "todo"]
     sweep.adopt(planned[0], load(["seed=0"]))
-    assert json.loads((folder / "result.json").read_text()) == want  # the same record, not a copy marked reused
+    # the same record, not a copy marked reused_from
+    assert json.loads((folder / "result.json").read_text()) == want
     assert [p.state for p in sweep.plan(jobs, load, {}, [], results)] == ["done", "todo"]
     _, counts, _ = sweep.collect("t", tmp_path, results)
     assert counts["success"] == 1 and counts["kept from before"] == 0
