@@ -3,6 +3,7 @@ called before anything is written, so every ConfigError surfaces with nothing ha
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from lora_repro.data import TaskData, build_task
 from lora_repro.distributed import seed_everything
 from lora_repro.errors import ConfigError
 from lora_repro.hf_compat import enable_checkpointing
+from lora_repro.losses import lm_window
 from lora_repro.methods import count_params, prepare
 from lora_repro.models import FAMILIES, load_model, position_limit, tokenizer_source
 
@@ -30,11 +32,24 @@ class Built:
     # Tiny test models borrow a BERT tokenizer, whose pair segment ids a model with a single segment
     # embedding (RoBERTa) or none (GPT-2) cannot take.
     use_types: bool
+    # The LM head projects only the positions the loss reads (losses.lm_window), where the model's
+    # forward takes transformers' `logits_to_keep` (every causal LM of FAMILIES does).
+    trim_logits: bool = False
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Model inputs: the batch without labels (the loss is ours)."""
         drop = {"labels"} if self.use_types else {"labels", "token_type_ids"}
         return {k: v for k, v in batch.items() if k not in drop}
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of `batch` and the labels they line up with. `model` is the built model or
+        its DDP wrapper (which passes keywords through)."""
+        kwargs, labels = self.inputs(batch), batch["labels"]
+        if self.trim_logits:
+            keep = lm_window(labels)
+            kwargs["logits_to_keep"] = keep
+            labels = labels[:, labels.shape[1] - keep :]
+        return model(**kwargs).logits, labels
 
 
 def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
@@ -76,7 +91,8 @@ def build(cfg: RunConfig, device: torch.device, world: int = 1) -> Built:
     counts = count_params(model, cfg.model.family)
     log.info("trainable %s", counts)
     use_types = getattr(model.config, "type_vocab_size", 0) > 1
-    return Built(tokenizer, data, model, counts, use_types)
+    trim = data.head == "lm" and "logits_to_keep" in inspect.signature(model.forward).parameters
+    return Built(tokenizer, data, model, counts, use_types, trim)
 
 
 def make_model(cfg: RunConfig, data: TaskData, device: torch.device) -> nn.Module:

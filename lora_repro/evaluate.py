@@ -14,12 +14,15 @@ from lora_repro.parallel import sharded
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: TaskData, rt: Runtime, batch_size: int, inputs=None, progress=None
+    model: nn.Module, data: TaskData, rt: Runtime, batch_size: int, forward=None, progress=None
 ) -> dict[str, float]:
     """Metrics on every eval split, `<split>/<metric>`; LM tasks report the token-mean loss. Each rank
     scores a strided shard; predictions are gathered so every rank computes the same numbers.
-    `inputs(batch)` picks the model's inputs (default: all but labels); `progress` wraps loops."""
-    inputs = inputs or (lambda b: {k: v for k, v in b.items() if k != "labels"})
+    `forward(model, batch)` gives (logits, the labels they line up with) (build.Built.forward;
+    default: the model on all but the labels); `progress` wraps loops."""
+    forward = forward or (
+        lambda m, b: (m(**{k: v for k, v in b.items() if k != "labels"}).logits, b["labels"])
+    )
     progress = progress or (lambda it, **_: it)
     model.eval()
     # A sharded (FSDP) model gathers weights in every forward, so every rank runs the same number of
@@ -35,11 +38,11 @@ def evaluate(
             part = idx[i : i + batch_size]
             batch = rt.to_device(data.collate([examples[j] for j in part or [0]]))
             with rt.autocast():
-                logits = model(**inputs(batch)).logits
+                logits, target = forward(model, batch)
             if not part:  # a lockstep repeat
                 continue
             if data.head == "lm":
-                total += lm_loss(logits, batch["labels"], 0.0, reduction="sum").item()
+                total += lm_loss(logits, target, 0.0, reduction="sum").item()
                 count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             else:
                 preds.append(logits.float().cpu())

@@ -55,7 +55,7 @@ class Job:
     def evaluate(self) -> dict[str, float]:
         b = self.built
         return evaluate(
-            b.model, b.data, self.rt, self.cfg.train.eval_batch_size, b.inputs, self.progress
+            b.model, b.data, self.rt, self.cfg.train.eval_batch_size, b.forward, self.progress
         )
 
     def save_adapter(self) -> None:

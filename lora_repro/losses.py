@@ -48,6 +48,17 @@ def lm_loss(
     )
 
 
+def lm_window(labels: torch.Tensor) -> int:
+    """How many trailing positions' logits the LM loss reads: from the one before the batch's first
+    labelled token to the end. The context's positions predict nothing the loss counts, and their
+    logits over a large vocabulary (SmolLM2: 49,152) cost a projection, a softmax and its backward
+    each. `labels[:, -window:]` lines up with the kept logits; lm_loss's shift then drops the
+    window's first label, which is never counted (it precedes the batch's first labelled token)."""
+    counted = (labels[:, 1:] != IGNORE_INDEX).any(0)  # over the batch: position t + 1 is labelled
+    first = int(counted.nonzero()[0]) if counted.any() else labels.shape[1] - 1
+    return labels.shape[1] - first
+
+
 def loss_sum(
     logits: torch.Tensor, labels: torch.Tensor, head: str, smoothing: float
 ) -> torch.Tensor:

@@ -165,10 +165,8 @@ def fit(job: Job) -> FitResult:
                 sync = k == t.grad_accum - 1 or rt.world == 1
                 with parallel.no_sync(model, sync):  # gradients reduced once per step
                     with rt.autocast():
-                        logits = model(**job.built.inputs(batch)).logits
-                        loss = loss_sum(
-                            logits, batch["labels"], data.head, cfg.task.label_smoothing
-                        )
+                        logits, labels = job.built.forward(model, batch)
+                        loss = loss_sum(logits, labels, data.head, cfg.task.label_smoothing)
                     # DDP and FSDP average gradients over processes: times world, the result is sum / denom.
                     scaler.scale(loss * rt.world / max(1, denom)).backward()
                 step_loss += loss.detach()

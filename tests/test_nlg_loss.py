@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+from conftest import tiny_model
 
-from lora_repro.losses import lm_loss
+from lora_repro.build import Built
+from lora_repro.losses import lm_loss, lm_window
+from lora_repro.methods import method_config, prepare
 
 
 def manual_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> float:
@@ -80,3 +84,48 @@ def test_sum_reduction_is_the_token_sum() -> None:
             rel_tol=1e-5,
         )
     assert lm_loss(logits, torch.full((2, 7), -100), reduction="sum").item() == 0.0
+
+
+def test_window_keeps_every_position_the_loss_reads() -> None:
+    """lm_window: logits from the one before the batch's first labelled token give the same loss."""
+    logits, labels = batch()
+    keep = lm_window(labels)
+    assert keep == 6  # row 1's first label is at position 2: logits from position 1 on
+    for eps in (0.0, 0.1):
+        full = lm_loss(logits, labels, eps, reduction="sum")
+        assert torch.equal(
+            lm_loss(logits[:, -keep:], labels[:, -keep:], eps, reduction="sum"), full
+        )
+    assert lm_window(torch.full((2, 5), -100)) == 1  # nothing to predict: one position, loss 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["lora", "prefix_layer"])
+def test_trimmed_logits_give_the_full_loss_and_gradients(family: str, method: str) -> None:
+    """Built.forward asks the causal LM for the window's logits only (transformers' logits_to_keep):
+    the loss and every trainable gradient equal those of the whole sequence's logits."""
+    model = tiny_model(f"tiny-{family}", head="lm")
+    prepare(model, method_config({"name": method, "init": "normal", "init_std": 0.5}
+                                 if method == "prefix_layer" else {"name": method}), family)  # fmt: skip
+    ids = torch.randint(5, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :5] = -100  # 5 context tokens
+    labels[1, :3] = -100  # 3 context tokens, then 2 of padding
+    labels[1, 7:] = -100
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # right padding, as training batches are
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def loss_and_grads(trim: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        built = Built(None, None, model, {}, use_types=False, trim_logits=trim)  # type: ignore[arg-type]
+        logits, target = built.forward(model, batch)
+        assert logits.shape[1] == (7 if trim else 9)  # row 1's first label is position 3
+        loss = lm_loss(logits, target, 0.1, reduction="sum")
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    full, trimmed = loss_and_grads(False), loss_and_grads(True)
+    torch.testing.assert_close(trimmed[0], full[0])
+    for a, b in zip(trimmed[1], full[1], strict=True):
+        torch.testing.assert_close(a, b)

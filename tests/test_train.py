@@ -163,7 +163,7 @@ def test_adapter_file_holds_the_best_weights(tmp_path):
     rt = Runtime.start("cpu", "fp32")
     b = build(cfg2, rt.device)
     load_adapter(b.model, folder, "roberta", base=cfg2.model)
-    again = evaluate(b.model, b.data, rt, cfg2.train.eval_batch_size, b.inputs)
+    again = evaluate(b.model, b.data, rt, cfg2.train.eval_batch_size, b.forward)
     assert again["dev/accuracy"] == pytest.approx(rec["metrics"]["primary"], abs=1e-6)
 
 

@@ -75,7 +75,7 @@ def eval_order(rows: int, tmp: Path) -> list[dict]:
     ):
         evaluate.by_length = order  # the function evaluate() looks up
         t0, c0 = time.perf_counter(), time.process_time()
-        metrics = evaluate.evaluate(b.model, b.data, rt, cfg.train.eval_batch_size, b.inputs)
+        metrics = evaluate.evaluate(b.model, b.data, rt, cfg.train.eval_batch_size, b.forward)
         out.append({"order": name, "wall_s": time.perf_counter() - t0,
                     "cpu_s": time.process_time() - c0, "dev_accuracy": metrics["dev/accuracy"]})  # fmt: skip
     evaluate.by_length = batching.by_length
