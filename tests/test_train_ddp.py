@@ -186,3 +186,24 @@ def test_fsdp_nlg_run_decodes_with_an_unsharded_copy_like_one_process(tmp_path):
     assert abs(ra["metrics"]["primary"] - rb["metrics"]["primary"]) < 1e-6
     hyp = "generate/test.hyp.txt"
     assert (a.parent / hyp).read_text() == (b.parent / hyp).read_text()
+
+
+def test_a_slurm_task_uses_the_cpus_slurm_gave_it(monkeypatch):
+    """Two 1-CPU runs on one node must not each start a thread per core of the node."""
+    from lora_repro.distributed import Runtime, limit_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        torch.set_num_threads(2)
+        Runtime.start("cpu", "fp32")
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own setting wins
+        torch.set_num_threads(2)
+        assert limit_threads() is None and torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK")  # outside Slurm: torch's default
+        assert limit_threads() is None
+    finally:
+        torch.set_num_threads(before)
