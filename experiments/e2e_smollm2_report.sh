@@ -35,9 +35,13 @@ for row in csv.DictReader(open("experiments/paper/table3_e2e.csv")):
 table = "\n".join(lines) + ("\n\nMETEOR and ROUGE-L ×100; mean ±sd over seeds of the test scores at each run's "
                             "best epoch (lowest held-out loss). Not comparable rows: another model, ~9% of "
                             "the training pairs." if ok else "")
+# cpu_time_s adds a resumed run's earlier attempts since 2026-12-05 (before: its last attempt only);
+# train_time_s is the training steps' time over all attempts, decoding and evaluation excluded.
 hours = sum(r["cost"].get("cpu_time_s") or 0 for r in recs) / 3600
-status = (f"{len(ok)} finished run(s) of {len(recs)} recorded; {hours:.2f} CPU-hours (each run's last "
-          "attempt, one core)" if recs else "no finished run yet")
+steps = sum(r["cost"].get("train_time_s") or 0 for r in recs) / 3600
+status = (f"{len(ok)} finished run(s) of {len(recs)} recorded; {hours:.2f} CPU-hours recorded (one core "
+          f"a run; a run parked before 2026-12-05 counts its last attempt only); {steps:.2f} hours of "
+          "training steps over all attempts" if recs else "no finished run yet")
 readme = Path("experiments/e2e_smollm2/README.md")
 text = readme.read_text()
 for name, body in (("status", status), ("table", table if ok else "(no finished run yet)")):

@@ -45,6 +45,7 @@ class Job:
     built: Built
     session: Session
     resumed_from: int | None = None
+    prior_cpu: float = 0.0  # CPU seconds of earlier attempts, up to the checkpoint resumed from
 
     def progress(self, *args: Any, **kwargs: Any) -> Any:
         from tqdm import tqdm
@@ -121,8 +122,10 @@ def make_record(
     best = (result.best if result else None) or {}
     primary = data.primary_metric if data is not None else None
     named = lambda row: {k: v for k, v in (row or {}).items() if "/" in k}  # noqa: E731 (<split>/<name>)
-    # CPU time of this process next to wall time: a shared machine inflates the latter.
-    wall, cpu = time.time() - s.started, time.process_time() - s.cpu0
+    # CPU time next to wall time: a shared machine inflates the latter. It adds the earlier attempts'
+    # (a run parked between sessions resumes several times); wall time is this attempt's.
+    wall = time.time() - s.started
+    cpu = (job.prior_cpu if job else 0.0) + time.process_time() - s.cpu0
     adapter = s.folder / "adapter.safetensors"
     adapter_bytes = adapter.stat().st_size if status == "success" and adapter.exists() else 0
     if s.rt.device.type == "cuda":

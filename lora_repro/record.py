@@ -83,7 +83,9 @@ class Cost:
     train_time_s: float | None = None
     tokens_per_s: float | None = None
     wall_time_s: float | None = None
-    cpu_time_s: float | None = None  # this process's CPU time: a shared machine inflates wall time
+    # this process's CPU time, plus earlier attempts' up to the checkpoint it resumed from (since
+    # 2026-12-05; before, the last attempt's only): a shared machine inflates wall time
+    cpu_time_s: float | None = None
     adapter_bytes: int | None = None
 
 

@@ -59,6 +59,7 @@ class LoopState:
     last: dict[str, Any] | None = None  # the latest evaluation's
     history: int = 0  # history.jsonl's byte length at the checkpoint (a resume cuts what follows)
     train_time: float = 0.0  # running sums survive a resume too
+    cpu_time: float = 0.0  # CPU seconds of every attempt up to this checkpoint (the record's total)
     tokens: int = 0
     run_loss: float = 0.0  # training loss since the last log line
     run_n: int = 0
@@ -118,6 +119,7 @@ def fit(job: Job) -> FitResult:
         if rt.main:
             s.history.truncate(pos.history)
         job.resumed_from = pos.step
+        job.prior_cpu = pos.cpu_time  # CPU spent after that checkpoint by a killed attempt is lost
         log.info("resuming from %s (step %d of %d)", found, pos.step, total)
 
     def save_checkpoint() -> None:
@@ -128,6 +130,7 @@ def fit(job: Job) -> FitResult:
             weights, optim = parallel.trainable_state(raw), parallel.optimizer_state(raw, opt)
         if rt.main:
             pos.history = s.history.offset()
+            pos.cpu_time = job.prior_cpu + time.process_time() - s.cpu0
             objs = {"optimizer": optim, "scheduler": sched, "scaler": scaler, "position": pos}
             checkpoint.save(ckpt_dir, pos.step, weights, objs, rngs)
 

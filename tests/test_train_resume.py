@@ -71,6 +71,8 @@ def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, monkeypatch, extra
         )
         assert not (folder / "result.json").exists()
         assert (folder / "checkpoint").exists()
+        found = train.checkpoint.latest(folder / "checkpoint")
+        spent = torch.load(found / "state.pt", weights_only=False)["position"]["cpu_time"]
 
         # 3. the same command again: resumes from the checkpoint and finishes
         rerun = subprocess.run(
@@ -95,6 +97,8 @@ def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, monkeypatch, extra
     )
     assert (folder / "history.jsonl").read_text() == (folder_ref / "history.jsonl").read_text()
     assert "resuming from" in (folder / "log.txt").read_text()
+    # CPU time counts the killed attempt's up to its checkpoint, then the rerun's
+    assert spent > 0 and resumed["cost"]["cpu_time_s"] > spent
 
 
 @pytest.mark.parametrize("leftover", [".tmp-step-00000010", "step-00000010"])
