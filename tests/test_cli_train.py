@@ -75,6 +75,18 @@ def test_every_experiment_and_preset_composes_to_a_typed_config():
     assert demo.model.pretrained.startswith("pkg:")  # real weights, offline
 
 
+def test_slurm_cpu_fits_a_small_cpu_node():
+    """cluster=slurm_cpu: the submitit launcher, no GPUs, one core and 8 GB a run (the default 64 GB
+    is more than a workstation's local Slurm node has, and sbatch refuses the array)."""
+    from lora_repro.compose import compose
+
+    launcher = compose(
+        ["experiment=smoke", "cluster=slurm_cpu"], return_hydra_config=True
+    ).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.cpus_per_task, launcher.mem_gb) == (None, 1, 8)
+
+
 def test_cfg_job_and_help_show_the_composed_config(capsys):
     assert main(["train", "--cfg", "job", "method=bitfit", "train.lr=0.01"]) == 0
     shown = OmegaConf.create(capsys.readouterr().out)
