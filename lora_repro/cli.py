@@ -164,7 +164,7 @@ def cmd_analyze(argv: list[str]) -> int:
 def cmd_collect(argv: list[str]) -> int:
     """Gather runs/<experiment>/**/result.json into results/<experiment>.jsonl (sorted, diffable):
     lora-repro collect EXPERIMENT [--runs-dir runs] [--results-dir results] [--fresh]"""
-    from lora_repro.sweep import collect_main
+    from lora_repro.collect import collect_main
 
     return collect_main(argv)
 

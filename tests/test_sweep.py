@@ -13,6 +13,7 @@ import pytest
 
 from lora_repro import identity, record, sweep
 from lora_repro.cli import main
+from lora_repro.collect import collect
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
 
@@ -74,7 +75,7 @@ def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: 
     load, results = loader(tmp_path), tmp_path / "results"
     src = finish(load(["seed=0", "experiment=sweep"]))
     finish(load(["seed=1", "experiment=sweep", "train.lr=1e-3"]))  # another config: not reused
-    sweep.collect("sweep", tmp_path, results)
+    collect("sweep", tmp_path, results)
     jobs = [["seed=0"], ["seed=1"]]
     planned = sweep.plan(jobs, load, {}, ["sweep"], results)
     assert [p.state for p in planned] == ["reuse", "todo"]
@@ -85,7 +86,7 @@ def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: 
     assert rec["config"]["experiment"] == "t" and rec["run"]["id"].startswith("t/")
     assert rec["config_hash"] == identity.config_hash(load(["seed=0"]))
     assert rec["run"]["reused_from"] == str(src)
-    _, counts, _ = sweep.collect("t", tmp_path, results)
+    _, counts, _ = collect("t", tmp_path, results)
     assert counts["success"] == 1
     assert [p.state for p in sweep.plan(jobs, load, {}, ["nope"], results)] == ["done", "todo"]
 
@@ -96,7 +97,7 @@ def test_a_collected_run_whose_folder_is_gone_is_restored_not_retrained(tmp_path
     load, results = loader(tmp_path), tmp_path / "results"
     jobs = [["seed=0"], ["seed=1"]]
     folder = finish(load(["seed=0"]))
-    sweep.collect("t", tmp_path, results)
+    collect("t", tmp_path, results)
     want = json.loads((folder / "result.json").read_text())
     shutil.rmtree(tmp_path / "t")  # a new machine: only git (results/) survived
     planned = sweep.plan(jobs, load, {}, [], results)
@@ -105,7 +106,7 @@ def test_a_collected_run_whose_folder_is_gone_is_restored_not_retrained(tmp_path
     # the same record, not a copy marked reused_from
     assert json.loads((folder / "result.json").read_text()) == want
     assert [p.state for p in sweep.plan(jobs, load, {}, [], results)] == ["done", "todo"]
-    _, counts, _ = sweep.collect("t", tmp_path, results)
+    _, counts, _ = collect("t", tmp_path, results)
     assert counts["success"] == 1 and counts["kept from before"] == 0
 
 
@@ -244,7 +245,7 @@ def test_concurrent_collects_never_clash(tmp_path: Path):
     res = tmp_path / "results"
 
     def one(_: int) -> int:
-        return sweep.collect("t", tmp_path / "runs", res)[1]["success"]
+        return collect("t", tmp_path / "runs", res)[1]["success"]
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(one, range(40))) == [5] * 40
