@@ -36,8 +36,7 @@ def state(p: sweep.Planned) -> tuple[str, str]:
     if p.state == "waiting":
         return "waiting", f"needs {p.needs}"
     if p.state == "reuse" and p.source is not None:
-        # collected earlier, its folder gone (another machine)
-        if p.source["run"]["id"] == p.run_id:
+        if sweep.restores(p):
             return "done", "collected in results/; the next launch restores its folder's record"
         return "reusable", f"ran as {p.source['run']['id']}; the next launch copies its record"
     if rec is not None:

@@ -190,6 +190,11 @@ def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[st
     return None
 
 
+def restores(p: Planned) -> bool:
+    """A `reuse` run whose source is its own record, collected earlier (its folder is gone)."""
+    return p.source is not None and p.source["run"].get("id") == p.run_id
+
+
 def adopt(p: Planned, cfg: Any) -> None:
     """Give a `reuse` run's folder its source's record (this run's config, id and folder; the
     source's metrics and cost; `run.reused_from`), so it is done and `collect` gathers it."""
@@ -199,7 +204,7 @@ def adopt(p: Planned, cfg: Any) -> None:
     chash = identity.config_hash(cfg)
     p.folder.mkdir(parents=True, exist_ok=True)
     identity.write_config(p.folder, cfg, chash)
-    if p.source.get("config_hash") == chash:  # this run's own record, collected earlier: restore
+    if restores(p):  # this run's own record, collected earlier: write it back as it was
         write_result(p.folder, p.source)
         return
     run = {**p.source["run"], "id": p.run_id, "experiment": cfg.experiment,

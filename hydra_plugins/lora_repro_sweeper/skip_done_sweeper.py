@@ -127,7 +127,7 @@ class SkipDoneSweeper(BasicSweeper):
             if p.state == "reuse":
                 sweep.adopt(p, self._load(p.overrides))
                 ran = p.source["run"].get("id")  # type: ignore[index]
-                how = "restored from results/" if ran == p.run_id else f"reused: it ran as {ran}"
+                how = "restored from results/" if sweep.restores(p) else f"reused: it ran as {ran}"
                 log.info("%s %s", how, p.run_id)
         planned = sweep.plan_all(expanded, self._load, self.reuse)
 
