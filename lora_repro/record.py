@@ -168,10 +168,12 @@ def environment(device: Any, dtype: str, world_size: int) -> dict[str, Any]:
     import torch
     import transformers
 
+    from lora_repro.distributed import cpu_name
+
     if getattr(device, "type", str(device)) == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+        name = f"cpu ({os.cpu_count()} cores, {cpu_name()})"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -322,6 +322,33 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "fp16").exists()
 
 
+def test_bf16_on_a_cpu_where_it_is_slower_warns_and_records_the_cpu(monkeypatch, caplog):
+    """bf16 autocast pays only with AMX (docs/runs.md): an AVX512-BF16-only or emulating CPU gets a
+    warning naming the CPU, yet still runs bf16; an AMX CPU gets none. Records name the CPU."""
+    from lora_repro import distributed
+    from lora_repro.distributed import Runtime, cpu_bf16
+
+    assert cpu_bf16({"flags": "fpu avx512f avx512_bf16 amx_tile amx_bf16"}) == "amx"
+    assert cpu_bf16({"flags": "fpu avx512f avx512_bf16"}) == "avx512_bf16"
+    assert cpu_bf16({"flags": "fpu avx2"}) is None
+    cpus = {
+        "amx": None,
+        "avx512_bf16": "AVX512-BF16 without AMX",
+        None: "emulated and slower than fp32",
+    }
+    for kind, warning in cpus.items():
+        monkeypatch.setattr(distributed, "cpu_bf16", lambda info=None, k=kind: k)
+        caplog.clear()
+        assert Runtime.start("cpu", "bf16").dtype == torch.bfloat16
+        if warning is None:
+            assert "train.precision=bf16" not in caplog.text
+        else:
+            assert "train.precision=bf16 on this CPU (" in caplog.text and warning in caplog.text
+    assert re.fullmatch(
+        r"cpu \(\d+ cores, .+, bf16: .+\)", record.environment("cpu", "fp32", 1)["device"]
+    )
+
+
 def test_log_txt_shows_progress_and_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
     rec = train.run(toytask.config(tmp_path, "train.max_steps=4", "logging.log_every=2"))
     log_txt = (tmp_path / rec["run"]["id"] / "log.txt").read_text()

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -163,6 +162,7 @@ def environment(device: str, threads: int, precision: str) -> dict[str, Any]:
     """The run records' environment (record.environment) plus what a timing depends on."""
     import torch
 
+    from lora_repro.distributed import cpu_name
     from lora_repro.record import environment as run_environment
 
     try:
@@ -177,7 +177,7 @@ def environment(device: str, threads: int, precision: str) -> dict[str, Any]:
         "peft": peft_version,
         "threads": threads,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
     }
 
