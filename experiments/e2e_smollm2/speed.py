@@ -30,7 +30,7 @@ from lora_repro.batching import epoch_order, lengths  # noqa: E402
 from lora_repro.build import build  # noqa: E402
 from lora_repro.compose import values  # noqa: E402
 from lora_repro.config import RunConfig  # noqa: E402
-from lora_repro.distributed import Runtime  # noqa: E402
+from lora_repro.distributed import Runtime, cpu_name  # noqa: E402
 from lora_repro.losses import lm_window, loss_sum  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def steps(method: str, n: int, blocks: int, runs: Path) -> dict:
 
 def markdown(res: dict) -> str:
     lines = [f"### LM-head window on SmolLM2-135M E2E training steps (batch 8, bf16 autocast, "
-             f"{res['threads']} thread(s), torch {torch.__version__})", "",
+             f"{res['threads']} thread(s), torch {torch.__version__}, {res['cpu']})", "",
              "| method | trainable | positions kept | logits of | tokens/s | s / step | CPU s / step | "
              "CPU s vs all positions |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for m in res["methods"]:
@@ -107,7 +107,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        res = {"threads": args.threads,
+        res = {"threads": args.threads, "cpu": cpu_name(),
                "methods": [steps(m, args.steps, args.blocks, Path(tmp)) for m in args.methods]}  # fmt: skip
     out = Path(args.out)
     write_atomic(out / "speed.json", json.dumps(res, indent=1) + "\n")

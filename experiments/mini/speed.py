@@ -32,7 +32,7 @@ from lora_repro.atomic import write_atomic  # noqa: E402
 from lora_repro.build import build  # noqa: E402
 from lora_repro.compose import values  # noqa: E402
 from lora_repro.config import RunConfig  # noqa: E402
-from lora_repro.distributed import Runtime  # noqa: E402
+from lora_repro.distributed import Runtime, cpu_name  # noqa: E402
 from lora_repro.train import run  # noqa: E402
 
 RECIPES = {"full": ["mini=full"], "lora": ["mini=lora"]}
@@ -115,7 +115,8 @@ def optimizer_step(rows: int, tmp: Path, steps: int = 20) -> list[dict]:
 
 def markdown(res: dict) -> str:
     lines = [f"### CPU speed-ups (MiniLM-L6, SST-2, {res['rows']} rows x 1 epoch, batch 32, "
-             f"{res['threads']} thread(s), torch {torch.__version__})", ""]  # fmt: skip
+             f"{res['threads']} thread(s), torch {torch.__version__}, {res.get('cpu', 'CPU not recorded')})",
+             ""]  # fmt: skip
     if res.get("runs"):
         lines += ["| method | variant | tokens/s | train s | CPU s / run | wall s | dev acc | tokens/s vs fp32 | CPU s vs fp32 |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -183,9 +184,9 @@ def main() -> int:
     out = Path(args.out)
     # a partial measurement updates its sections of the last full one (speed.json)
     old = json.loads((out / "speed.json").read_text()) if (out / "speed.json").is_file() else {}
-    res = {**old, "rows": args.rows, "threads": args.threads}
-    if old.get("rows", args.rows) != args.rows or old.get("threads", args.threads) != args.threads:
-        res = {"rows": args.rows, "threads": args.threads}  # other settings: not comparable
+    # bf16's gain depends on the CPU (docs/runs.md): sections from another CPU are not comparable
+    now = {"rows": args.rows, "threads": args.threads, "cpu": cpu_name()}
+    res = {**old, **now} if all(old.get(k) == v for k, v in now.items()) else now
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sections:
             res[name] = SECTIONS[name](args.rows, Path(tmp))
