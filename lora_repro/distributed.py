@@ -12,6 +12,7 @@ the job id), so the rest of the code sees one environment.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -91,6 +92,7 @@ BF16_SLOW = {
 }
 
 
+@functools.cache  # the CPU does not change within a process; cpu_name reads it twice per record
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo ({} where there is none: macOS, Windows)."""
     try:

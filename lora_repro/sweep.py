@@ -22,8 +22,9 @@ sweep is their union, and `hydra.sweeper.only=[name,...]` picks some. A grid may
 Reuse (`hydra.sweeper.reuse: [experiment, ...]`): a run whose config equals, but for `experiment`, a
 run that succeeded in one of those experiments (its record in results/<name>.jsonl) is not trained
 again: its folder gets a copy of that record, marked `run.reused_from`. A study's main table takes its
-seed-0 runs from the seed-0 sweep that chose its settings, without paying for them twice. A sweep's own results/<experiment>.jsonl counts the same way: a run collected in an earlier session,
-whose folder is gone (a CPU study on machines that lose runs/), gets its record back, not a retrain.
+seed-0 runs from the seed-0 sweep that chose its settings, without paying for them twice. A sweep's
+own results/<experiment>.jsonl counts the same way: a run collected in an earlier session, whose
+folder is gone (a CPU study on machines that lose runs/), gets its record back, not a retrain.
 """
 
 from __future__ import annotations

@@ -13,19 +13,21 @@ present; "near the river" for "riverside" counts as missing) the same way for ev
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from lora_repro.data.nlg_sources import read_e2e  # noqa: E402
+
 VERBATIM = ("name", "near", "food", "area", "Type")
 
 
 def mrs(path: Path) -> list[str]:
-    """The test set's MRs in order of first appearance (how the study decodes them)."""
-    seen: dict[str, None] = {}
-    for line in path.read_text().splitlines():
-        if "||" in line:
-            seen.setdefault(line.split("||", 1)[0].strip(), None)
-    return list(seen)
+    """The test set's MRs in order of first appearance (how the study decodes them:
+    data.nlg.generation_set)."""
+    return list(dict.fromkeys(p.context for p in read_e2e(path)))
 
 
 def slot_values(mr: str) -> list[str]:
