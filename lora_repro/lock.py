@@ -2,9 +2,11 @@
 
 Two launches of the same run (a sweep relaunched while it runs, `tasks_per_node=2`, a user's second
 terminal) would otherwise train into one folder at once, duplicate history rows and delete each
-other's checkpoints. The lock is taken with O_CREAT|O_EXCL (atomic on local file systems and NFS
-v3+); a lock whose owner is gone is stale and taken over: same host and the pid is dead, or the same
-Slurm job id (a requeued job), or a Slurm job that squeue no longer knows.
+other's checkpoints. The owner is written to a temporary file first and hard-linked into place with
+link(2), which fails when the name exists (atomic on local file systems and NFS): a lock is never
+seen half-written, so a refusal always names its owner. A lock whose owner is gone is stale and
+taken over: same host and the pid is dead, or the same Slurm job id (a requeued job), or a Slurm job
+that squeue no longer knows.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def read(folder: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError):
-        return {}  # being written this instant, or damaged: an owner we cannot name
+        return {}  # damaged (written by hand, or by an older version): an owner we cannot name
 
 
 def alive(held: dict[str, Any]) -> bool:
@@ -81,9 +83,18 @@ class RunLock:
         missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         self.created = missing
+        me = self.folder / f"{NAME}.{platform.node()}.{os.getpid()}"
+        me.write_text(json.dumps(owner()))
+        try:
+            self._take(me)
+        finally:
+            me.unlink(missing_ok=True)
+        return self
+
+    def _take(self, mine: Path) -> None:
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(mine, self.path)  # atomic, and the lock appears with its owner written
             except FileExistsError:
                 held = read(self.folder)
                 if held is None:
@@ -93,10 +104,8 @@ class RunLock:
                     continue
                 who = describe(held) if held else "another process"
                 raise ConfigError(f"{self.folder} is being trained by {who}") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(owner(), f)
             self.held = True
-            return self
+            return
         raise ConfigError(f"{self.folder}: could not take its lock {self.path}")
 
     def release(self, remove_empty: bool = False) -> None:

@@ -46,6 +46,7 @@ def test_eight_concurrent_launches_train_once_and_refuse_seven(tmp_path):
         (folder,) = tmp_path.glob("smoke/*/*/*/*/s0")
         held = json.loads((folder / lock.NAME).read_text())
         assert held["pid"] == running[0].pid
+        assert [p.name for p in folder.glob(".lock*")] == [".lock"]  # no owner files left behind
         history, deadline = folder / "history.jsonl", time.time() + 60
         while time.time() < deadline and len(_lines(history)) < 3:  # the one trainer trains
             time.sleep(0.2)
