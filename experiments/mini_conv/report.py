@@ -63,19 +63,34 @@ def table_rows(path: Path) -> str:
     return "\n".join(x for x in path.read_text().splitlines() if x.startswith("|"))
 
 
+def planned(experiment: str) -> int | None:
+    """How many runs the preset's own launch (`train -m experiment=NAME`, no overrides) plans, or
+    None for the settings sweeps, which are launched with overrides (their records are the plan)."""
+    if experiment in ("mini_conv_lr", "mini_conv_bf16"):
+        return None
+    from lora_repro.status import jobs
+
+    expanded, _ = jobs([f"experiment={experiment}"])
+    return len({tuple(job) for grid, _ in expanded for job in grid})
+
+
 def status() -> str:
-    """Runs per experiment and the CPU-hours of every run trained (a reused record counts once)."""
+    """Finished runs of each experiment's plan, and the CPU-hours of every run trained (a reused
+    record counts once)."""
     parts, hours = [], 0.0
     for e in EXPERIMENTS:
-        recs = records(e)
-        if not recs:
+        recs, plan = records(e), planned(e)
+        if not recs and not plan:
             continue
         done = [r for r in recs if r["status"] == "success"]
         reused = [r for r in done if (r.get("run") or {}).get("reused_from")]
         hours += sum(r["cost"]["train_time_s"] or 0 for r in recs if r not in reused) / 3600
+        failed = len(recs) - len(done)
+        plan = plan or len(recs)
         parts.append(
-            f"{e}: {len(done)}/{len(recs)} finished"
+            f"{e}: {len(done)} of {plan} planned runs finished"
             + (f" ({len(reused)} reused)" if reused else "")
+            + (f", {failed} failed" if failed else "")
         )
     return (
         "; ".join(parts) + f". {hours:.2f} CPU-hours of training (one core each; reused runs once)"
