@@ -94,7 +94,7 @@ class RunLock:
     def _take(self, mine: Path) -> None:
         for _ in range(3):
             try:
-                os.link(mine, self.path)  # atomic, and the lock appears with its owner written
+                _link(mine, self.path)
             except FileExistsError:
                 held = read(self.folder)
                 if held is None:
@@ -124,3 +124,17 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _link(source: Path, lock: Path) -> None:
+    """Make `lock` a hard link of `source` (atomic, and the lock appears with its owner written); on a
+    file system without hard links, create it exclusively and write it (a reader may then briefly
+    see it empty and name no owner). FileExistsError when it exists."""
+    try:
+        os.link(source, lock)
+    except FileExistsError:
+        raise
+    except OSError:  # EPERM / ENOTSUP / EXDEV: no hard links here
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(source.read_text())

@@ -115,3 +115,17 @@ def test_restart_cleans_what_kills_leave(tmp_path, monkeypatch):
     (folder / "checkpoint" / "step-00000003").mkdir(parents=True)  # as if killed after result.json
     assert train.run(cfg)["skipped"] and not (folder / "checkpoint").exists()
     assert rec["status"] == "success"
+
+
+def test_a_file_system_without_hard_links_still_locks_exclusively(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = lock.RunLock(tmp_path / "run").acquire()
+    assert lock.read(tmp_path / "run")["pid"] == os.getpid()
+    monkeypatch.setattr(lock, "alive", lambda held: True)  # the same pid: a live owner
+    with pytest.raises(ConfigError, match=rf"is being trained by pid {os.getpid()} on "):
+        lock.RunLock(tmp_path / "run").acquire()
+    first.release()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []
