@@ -71,7 +71,7 @@ def planned(experiment: str) -> int | None:
     from lora_repro.status import jobs
 
     expanded, _ = jobs([f"experiment={experiment}"])
-    return len({tuple(job) for grid, _ in expanded for job in grid})
+    return sum(len(grid) for grid, _ in expanded)  # expand names a run two grids share once
 
 
 def status() -> str:
