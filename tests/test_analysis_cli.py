@@ -284,3 +284,25 @@ def test_curves_plot_each_runs_primary_metric_by_epoch(tmp_path, capsys):
         main(["curves", "--records", str(results), "--runs", "runs/y/*", "--out", str(tmp_path)])
         == 2
     )
+
+
+def test_a_figure_rebuilt_from_the_same_numbers_is_the_same_bytes(tmp_path, monkeypatch):
+    # committed figures are regenerated every session: only a change of content should show in git
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from lora_repro.analysis.outputs import write_figure
+
+    def draw(stem: Path) -> dict[str, bytes]:
+        fig = Figure()
+        fig.add_subplot().plot([0, 1, 2], [3, 1, 2])
+        return {p.suffix: p.read_bytes() for p in write_figure(fig, stem)}
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # matplotlib's clock for the PDF date
+    first = draw(tmp_path / "a" / "fig")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")  # rebuilt years later
+    again = draw(tmp_path / "b" / "fig")
+    assert set(first) == {".png", ".pdf"}
+    assert first == again

@@ -26,12 +26,17 @@ def write_text(text: str, path: Path) -> Path:
     return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+# No creation date in the PDF: a figure rebuilt from the same numbers is the same bytes, so git
+# shows a committed figure as changed only when its content changed.
+METADATA = {"png": {}, "pdf": {"CreationDate": None}}
+
+
 def write_figure(fig: Figure, stem: Path) -> list[Path]:
     """`stem`.png (for a quick look) and `stem`.pdf (vector, for papers)."""
     return [
         write_atomic(
             stem.with_suffix(f".{fmt}"),
-            lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150),
+            lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=150, metadata=METADATA[fmt]),
         )
         for fmt in FIGURE_FORMATS
     ]
