@@ -258,7 +258,11 @@ def section7() -> list[tuple[str, str, str]]:
     # Table 7: ΔW_q's factor is 21.5 at r = 4 and 1.9 at r = 64, so both "≫ 1" and "more at low r"
     low = [v for (run, _), v in df.items() if "r=4" in run]
     high = [v for (run, _), v in df.items() if "r=64" in run]
-    good = bool(low) and min(low) > 3 and (not high or statistics.median(low) > statistics.median(high))
+    good = (
+        bool(low)
+        and min(low) > 3
+        and (not high or statistics.median(low) > statistics.median(high))
+    )
     return [*out, (claim, nums, "reproduces" if good else "does not")]
 
 
