@@ -25,29 +25,37 @@ if have mini_conv_matrices; then
   lora-repro tables table5 --experiments mini_conv_matrices,mini_conv_rank --out-dir "$T" > /dev/null
 fi
 
-# §7 on SST-2, LoRA on Wq, Wv, α = 8, converged (mini_conv_rank). The adapters are archived in git
-# (a few MB), so the figures rebuild without the run folders. Different seeds for r=8 vs r=64: with
-# one seed the first adapted matrix's initial A at r=8 is the first 8 rows of r=64's.
-R=runs/mini_conv_rank/minilm/sst2
-for run in "$R"/lora_qv_r{4,8,64}_a8/*/s{0,1}; do
-  if [ -s "$run/adapter.safetensors" ]; then
-    dst="$A/sst2/${run#"$R"/}"
-    mkdir -p "$dst" && cp "$run"/adapter.safetensors "$run"/adapter.json "$run"/result.json "$dst"/
-  fi
+# §7 on SST-2, LoRA on Wq, Wv, α = 8, converged (mini_conv_rank; its r = 8 runs are the main table's,
+# reused, so their adapters are in runs/mini_conv). The adapters are archived in git (a few MB), so
+# the figures rebuild without the run folders. Different seeds for r=8 vs r=64: with one seed the
+# first adapted matrix's initial A at r=8 is the first 8 rows of r=64's.
+for R in runs/mini_conv_rank/minilm/sst2 runs/mini_conv/minilm/sst2; do
+  for run in "$R"/lora_qv_r{4,8,64}_a8/*/s{0,1,2}; do
+    if [ -s "$run/adapter.safetensors" ]; then
+      dst="$A/sst2/${run#"$R"/}"
+      mkdir -p "$dst" && cp "$run"/adapter.safetensors "$run"/adapter.json "$run"/result.json "$dst"/
+    fi
+  done
 done
 S=$A/sst2
 one() { compgen -G "$S/lora_qv_r$1_a8/*/s$2" | head -n 1 || true; }
-r4s0=$(one 4 0) r8s0=$(one 8 0) r64s0=$(one 64 0) r64s1=$(one 64 1)
-if [ -n "$r8s0" ] && [ -n "$r64s1" ]; then
-  lora-repro analyze subspace --runs "$r8s0" "$r64s1" --labels "r=8 (seed 0)" "r=64 (seed 1)" \
-    --name fig3_r8_vs_r64 --out "$F" > /dev/null
+r4s0=$(one 4 0) r64s0=$(one 64 0) r64s1=$(one 64 1)
+# r = 8: the lowest seed archived (seed 0's adapter predates the archive), against r = 64 of another
+r8seed=""
+for s in 0 1 2; do if [ -n "$(one 8 $s)" ]; then r8seed=$s && break; fi; done
+r8=$(one 8 "${r8seed:-0}")
+r64other=$r64s0 other=0
+if [ "$r8seed" = 0 ]; then r64other=$r64s1 other=1; fi
+if [ -n "$r8" ] && [ -n "$r64other" ]; then
+  lora-repro analyze subspace --runs "$r8" "$r64other" \
+    --labels "r=8 (seed $r8seed)" "r=64 (seed $other)" --name fig3_r8_vs_r64 --out "$F" > /dev/null
 fi
 if [ -n "$r64s0" ] && [ -n "$r64s1" ]; then
   lora-repro analyze subspace --runs "$r64s0" "$r64s1" --labels "r=64 (seed 0)" "r=64 (seed 1)" \
     --name fig4_r64_seeds --out "$F" > /dev/null
 fi
-if [ -n "$r8s0" ] && [ -n "$r64s0" ]; then
-  lora-repro analyze spectrum --runs "$r8s0" "$r64s0" --name spectrum_r8_r64 --out "$F" > /dev/null
+if [ -n "$r8" ] && [ -n "$r64other" ]; then
+  lora-repro analyze spectrum --runs "$r8" "$r64other" --name spectrum_r8_r64 --out "$F" > /dev/null
 fi
 if [ -n "$r4s0" ] && [ -n "$r64s0" ]; then
   lora-repro analyze amplification --runs "$r4s0" "$r64s0" --labels "r=4 s0" "r=64 s0" \
