@@ -41,11 +41,10 @@ S=$A/sst2
 one() { compgen -G "$S/lora_qv_r$1_a8/*/s$2" | head -n 1 || true; }
 r4s0=$(one 4 0) r64s0=$(one 64 0) r64s1=$(one 64 1)
 # r = 8: the lowest seed archived (seed 0's adapter predates the archive), against r = 64 of another
-r8seed=""
-for s in 0 1 2; do if [ -n "$(one 8 $s)" ]; then r8seed=$s && break; fi; done
-r8=$(one 8 "${r8seed:-0}")
-r64other=$r64s0 other=0
-if [ "$r8seed" = 0 ]; then r64other=$r64s1 other=1; fi
+r8="" r8seed=""
+for s in 0 1 2; do r8=$(one 8 $s) && [ -n "$r8" ] && r8seed=$s && break; done
+other=0; if [ "$r8seed" = 0 ]; then other=1; fi
+r64other=$(one 64 $other)
 if [ -n "$r8" ] && [ -n "$r64other" ]; then
   lora-repro analyze subspace --runs "$r8" "$r64other" \
     --labels "r=8 (seed $r8seed)" "r=64 (seed $other)" --name fig3_r8_vs_r64 --out "$F" > /dev/null

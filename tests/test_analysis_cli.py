@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from lora_repro.analysis.base_weights import base_weights
 from lora_repro.analysis.cli import main
+from lora_repro.analysis.outputs import write_figure
 from lora_repro.analysis.runs import read_run, read_runs
 from lora_repro.cli import main as lora_main
 from lora_repro.compose import compose
@@ -288,13 +290,6 @@ def test_curves_plot_each_runs_primary_metric_by_epoch(tmp_path, capsys):
 
 def test_a_figure_rebuilt_from_the_same_numbers_is_the_same_bytes(tmp_path, monkeypatch):
     # committed figures are regenerated every session: only a change of content should show in git
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from lora_repro.analysis.outputs import write_figure
-
     def draw(stem: Path) -> dict[str, bytes]:
         fig = Figure()
         fig.add_subplot().plot([0, 1, 2], [3, 1, 2])
