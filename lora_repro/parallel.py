@@ -127,10 +127,14 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, saved: di
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     params = dict(resharded(model).named_parameters())
+    on_device = {}  # param -> whether its group's kernel reads `step` on the parameter's device
     for group, old in zip(opt.param_groups, saved["param_groups"], strict=True):
         if [params[n] for n in old["params"]] != group["params"]:
             raise RuntimeError("checkpoint optimizer groups do not match the model's parameters")
         group.update({k: v for k, v in old.items() if k != "params"})
+        on_device |= dict.fromkeys(
+            group["params"], bool(group.get("fused") or group.get("capturable"))
+        )
     for name, values in saved["state"].items():
         p = params[name]
         out = {}
@@ -139,6 +143,11 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, saved: di
                 v = distribute_tensor(v.to(p.dtype), p.device_mesh, p.placements)
             elif torch.is_tensor(v) and v.dim() > 0:
                 v = v.to(p.device)
+            elif k == "step" and torch.is_tensor(v) and on_device[p]:
+                # torch's own rule (Optimizer.load_state_dict): fused and capturable kernels take
+                # `step` as float32 on the parameter's device, the others on the CPU. Left on the CPU,
+                # a fused AdamW run on CUDA failed to resume ("state_steps is on cpu").
+                v = v.to(device=p.device, dtype=torch.float32)
             out[k] = v
         opt.state[p] = out
 

@@ -228,8 +228,11 @@ def test_autocast_on_gpu(tmp_path, capsys, precision):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     args = ["train", "experiment=smoke", f"task.data_dir={FIXTURES}/SST-2", f"runs_dir={tmp_path}"]
-    assert main([*args, f"train.precision={precision}", "train.device=cuda"]) == 0
+    # with the converged mini study's length-grouped batches, which no GPU had run before (#18)
+    extra = ["train.group_by_length=true"]
+    assert main([*args, f"train.precision={precision}", "train.device=cuda", *extra]) == 0
     (result,) = tmp_path.glob("smoke/**/result.json")
     rec = json.loads(result.read_text())
+    assert rec["status"] == "success"
     assert rec["environment"]["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
     assert rec["cost"]["peak_memory_kind"] == "cuda_max_allocated"
