@@ -38,9 +38,8 @@ def test_a_restored_optimizer_takes_the_same_next_step(device, kernel):
     original = _model(device)
     opt = torch.optim.AdamW(original.parameters(), lr=1e-2, **options)
     _step(original, opt)
-    buffer = (
-        io.BytesIO()
-    )  # through bytes, as checkpoint.save writes it (no tensor shared with `opt`)
+    # through bytes, as checkpoint.save writes it: no tensor stays shared with `opt`
+    buffer = io.BytesIO()
     torch.save(parallel.optimizer_state(original, opt), buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=False)
@@ -53,9 +52,8 @@ def test_a_restored_optimizer_takes_the_same_next_step(device, kernel):
     # capturable, the CPU otherwise): ours must agree, or the kernel refuses the tensors
     reference = torch.optim.AdamW(_model(device).parameters(), lr=1e-2, **options)
     reference.load_state_dict(opt.state_dict())
-    for p, q in zip(
-        opt2.param_groups[0]["params"], reference.param_groups[0]["params"], strict=True
-    ):
+    params = zip(opt2.param_groups[0]["params"], reference.param_groups[0]["params"], strict=True)
+    for p, q in params:
         ours, theirs = opt2.state[p]["step"], reference.state[q]["step"]
         assert (ours.device, ours.dtype) == (theirs.device, theirs.dtype)
 
