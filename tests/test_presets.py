@@ -26,7 +26,7 @@ EXPECTED = {
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
-    "mini_conv": 5 * 2 * 3,  # tasks x methods with chosen settings x seeds
+    "mini_conv": 5 * 3 * 3,  # tasks x methods with chosen settings (full, LoRA, BitFit) x seeds
     "mini_conv_sweep": 5 * (3 * 2 + 2),  # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2)
     "mini_conv_rank": 2 * 5 * 2,  # tasks x ranks x seeds
     "mini_conv_matrices": 2 * 3 * 2,  # tasks x arms x seeds
@@ -198,8 +198,8 @@ def test_experiments_readme_quotes_each_presets_run_count():
 
 def test_mini_conv_reuses_the_sweeps_seed_0_runs_and_doubles_peft_epochs(tmp_path: Path):
     """The main table's full fine-tuning at seed 0 is mini_conv_lr's committed run at each task's best
-    lr (same config but for the experiment), so it is adopted, not retrained; LoRA trains 2x FT's
-    epochs."""
+    lr, and each swept method's seed 0 is mini_conv_sweep's run at its chosen lr (same config but for
+    the experiment), so they are adopted, not retrained; LoRA (swept at FT's epochs) trains 2x them."""
     name = "mini_conv"
     cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
     expanded = sweep.expand(cfg.hydra.sweeper, [f"experiment={name}", f"runs_dir={tmp_path}"])
@@ -215,14 +215,16 @@ def test_mini_conv_reuses_the_sweeps_seed_0_runs_and_doubles_peft_epochs(tmp_pat
     reused = sorted(
         i for i, p in by_id.items() if p.state == "reuse" and "/mini_conv/" not in origin(p)
     )
-    assert reused == sorted(i for i in by_id if "/full/" in i and i.endswith("/s0"))
-    lrs = {i.split("/")[2]: by_id[i].source["config"]["train"]["lr"] for i in reused}
+    assert reused == sorted(i for i in by_id if "/lora_" not in i and i.endswith("/s0"))
+    lrs = {i.split("/")[2]: by_id[i].source["config"]["train"]["lr"] for i in reused if "/full/" in i}
     assert lrs == {"sst2": 1e-4, "mrpc": 1e-4, "stsb": 1e-4, "cola": 1e-4, "rte": 3e-5}  # per task
     ft, lora = (
         load([f"experiment={name}", "recipe=minilm/rte", f"mini_conv={m}"])
         for m in ("full", "lora")
     )
     assert (ft.train.epochs, lora.train.epochs, lora.train.lr) == (8, 16, 3e-3)
+    cola = load([f"experiment={name}", "recipe=minilm/cola", "mini_conv=bitfit"])
+    assert (cola.train.epochs, cola.train.lr) == (10, 1e-3)  # BitFit's sweep chose per task
 
 
 def test_mini_conv_arms_are_the_main_tables_lora_but_for_the_shape():
