@@ -26,7 +26,7 @@ EXPECTED = {
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
-    "mini_conv": 5 * 4 * 3,  # tasks x methods with chosen settings (full, LoRA, BitFit, AdptH) x seeds
+    "mini_conv": 5 * 4 * 3,  # tasks x methods chosen (full, LoRA, BitFit, AdptH) x seeds
     "mini_conv_sweep": 5 * (3 * 2 + 2),  # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2)
     "mini_conv_rank": 2 * 5 * 2,  # tasks x ranks x seeds
     "mini_conv_matrices": 2 * 3 * 2,  # tasks x arms x seeds
@@ -216,7 +216,9 @@ def test_mini_conv_reuses_the_sweeps_seed_0_runs_and_doubles_peft_epochs(tmp_pat
         i for i, p in by_id.items() if p.state == "reuse" and "/mini_conv/" not in origin(p)
     )
     assert reused == sorted(i for i in by_id if "/lora_" not in i and i.endswith("/s0"))
-    lrs = {i.split("/")[2]: by_id[i].source["config"]["train"]["lr"] for i in reused if "/full/" in i}
+    lrs = {
+        i.split("/")[2]: by_id[i].source["config"]["train"]["lr"] for i in reused if "/full/" in i
+    }
     assert lrs == {"sst2": 1e-4, "mrpc": 1e-4, "stsb": 1e-4, "cola": 1e-4, "rte": 3e-5}  # per task
     ft, lora = (
         load([f"experiment={name}", "recipe=minilm/rte", f"mini_conv={m}"])
