@@ -87,6 +87,20 @@ def test_slurm_cpu_fits_a_small_cpu_node():
     assert (launcher.gpus_per_node, launcher.cpus_per_task, launcher.mem_gb) == (None, 1, 8)
 
 
+def test_each_slurm_launch_gets_its_own_submitit_folder():
+    """Slurm job ids repeat after a cluster is recreated; submitit would then take a job's result
+    from an old launch's <id>_0_result.pkl and the sweep would return before its runs ran."""
+    from datetime import datetime
+
+    from lora_repro.compose import compose
+
+    folder = compose(["experiment=smoke", "cluster=slurm_cpu"], return_hydra_config=True)
+    parts = folder.hydra.launcher.submitit_folder.split("/")
+    assert parts[-1] == "%j" and parts[-3] == "smoke"
+    stamp = datetime.strptime(parts[-2], "%Y-%m-%d_%H-%M-%S")  # the launch's own folder
+    assert abs((datetime.now() - stamp).total_seconds()) < 600
+
+
 def test_cfg_job_and_help_show_the_composed_config(capsys):
     assert main(["train", "--cfg", "job", "method=bitfit", "train.lr=0.01"]) == 0
     shown = OmegaConf.create(capsys.readouterr().out)
