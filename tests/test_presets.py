@@ -27,7 +27,8 @@ EXPECTED = {
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
     "mini_conv": 5 * 5 * 3,  # tasks x methods chosen (all but PreLayer so far) x seeds
-    "mini_conv_sweep": 5 * (3 * 2 + 2),  # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2)
+    # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2), + 2 edge runs (PreLayer CoLA, BitFit RTE)
+    "mini_conv_sweep": 5 * (3 * 2 + 2) + 2,
     "mini_conv_rank": 2 * 5 * 2,  # tasks x ranks x seeds
     "mini_conv_matrices": 2 * 3 * 2,  # tasks x arms x seeds
     # rows x tasks x seeds: RoBERTa-base LoRA, FT, BitFit, AdptD x 2; RoBERTa-large and DeBERTa FT, LoRA
