@@ -5,15 +5,28 @@ Each planned run is one of: done (a success record; its primary metric), failed 
 error's first line), running (its folder's lock is held by a live process), unfinished (a folder
 without a record and without a live owner: killed; relaunching resumes it), waiting (its init_from
 source has not succeeded), reusable (an identical run of a `hydra.sweeper.reuse` experiment
-succeeded: the next launch copies its record), missing (never started).
+succeeded: the next launch copies its record), queued (handed to a launcher that is still waiting on
+it: a Slurm array task without a free slot yet), missing (never started).
+
+Queued: while `train -m` waits on its jobs, it names them in a manifest, <runs_dir>/.queued/<host>.
+<pid>.json (`queued`), removed when it returns. Without it, 30 pending array tasks read "missing".
+A manifest whose launcher is gone (killed) is ignored: its pending jobs may still start, and then
+read "running".
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import platform
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from lora_repro import lock, record, sweep
+from lora_repro.atomic import write_atomic
 from lora_repro.compose import compose, values
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
@@ -30,8 +43,45 @@ def jobs(overrides: list[str]) -> tuple[sweep.Expanded, list[str]]:
     return sweep.expand(sweeper, overrides), list(sweeper.get("reuse") or [])
 
 
-def state(p: sweep.Planned) -> tuple[str, str]:
-    """(state, detail) of one planned run from its folder."""
+QUEUED = ".queued"
+
+
+def _root(p: sweep.Planned) -> Path:
+    """The runs_dir a planned run lives under (its folder less its run id's parts)."""
+    return p.folder.parents[len(Path(p.run_id).parts) - 1]
+
+
+@contextlib.contextmanager
+def queued(planned: Sequence[sweep.Planned]) -> Iterator[None]:
+    """While the block runs (a launcher waiting on its jobs), `status` reads these runs as queued."""
+    files = []
+    for root in sorted({_root(p) for p in planned}):
+        path = root / QUEUED / f"{platform.node()}.{os.getpid()}.json"
+        folders = [str(p.folder) for p in planned if _root(p) == root]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"owner": lock.owner(), "folders": folders}))
+        files.append(path)
+    try:
+        yield
+    finally:
+        for path in files:
+            path.unlink(missing_ok=True)
+
+
+def queued_runs(roots: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Run folder -> its launcher, from the manifests of launchers still alive."""
+    out: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for path in sorted((root / QUEUED).glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                manifest = json.loads(path.read_text())
+                if lock.alive(manifest["owner"]):
+                    out.update(dict.fromkeys(manifest["folders"], manifest["owner"]))
+    return out
+
+
+def state(p: sweep.Planned, queue: dict[str, dict[str, Any]] | None = None) -> tuple[str, str]:
+    """(state, detail) of one planned run from its folder (and the live launchers' queue)."""
     rec = record.read_json(p.folder / "result.json")
     if p.state == "waiting":
         return "waiting", f"needs {p.needs}"
@@ -51,6 +101,9 @@ def state(p: sweep.Planned) -> tuple[str, str]:
     held = lock.read(p.folder)
     if held is not None and (not held or lock.alive(held)):
         return "running", lock.describe(held) if held else "locked"
+    launcher = (queue or {}).get(str(p.folder))
+    if launcher is not None:
+        return "queued", f"launched by {lock.describe(launcher)}; not started yet"
     if p.folder.exists():
         return "unfinished", "no record and no live owner: killed; relaunching resumes it"
     return "missing", ""
@@ -70,10 +123,11 @@ def report(overrides: list[str]) -> tuple[str, Counter]:
 
     # each job's overrides are complete: no base ones
     planned = sweep.plan_all(expanded, load, reuse)
+    queue = queued_runs(sorted({_root(p) for p in planned}))
     counts: Counter = Counter()
     lines = []
     for p in planned:
-        st, detail = state(p)
+        st, detail = state(p, queue)
         counts[st] += 1
         lines.append(f"{st:10s} {p.run_id}" + (f"  {detail}" if detail else ""))
     head = f"{len(planned)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))

@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -207,13 +208,13 @@ def test_status_reads_every_state_from_the_folders(tmp_path: Path, capsys, monke
 
     import toytask
 
-    from lora_repro import lock, train
+    from lora_repro import lock, status, train
 
     monkeypatch.setitem(__import__("lora_repro.data").data.BUILDERS, "glue", "toytask")
     base = ["experiment=smoke", "task.name=toy", f"runs_dir={tmp_path}", "train.eval_every=null",
             "task.train_limit=null", "task.eval_limit=null", "logging.log_every=1",
             "train.max_steps=2"]  # fmt: skip
-    cfg = {s: toytask.config(tmp_path, "train.max_steps=2", f"seed={s}") for s in range(5)}
+    cfg = {s: toytask.config(tmp_path, "train.max_steps=2", f"seed={s}") for s in range(7)}
     train.run(cfg[0])
     failed = finish(cfg[1], "failed")
     rec = json.loads((failed / "result.json").read_text())
@@ -222,14 +223,27 @@ def test_status_reads_every_state_from_the_folders(tmp_path: Path, capsys, monke
     folders[2].mkdir(parents=True)
     (folders[2] / lock.NAME).write_text(json.dumps({**lock.owner(), "pid": os.getppid()}))
     folders[3].mkdir(parents=True)  # killed: no record, no lock
-    assert main(["status", *base, "seed=0,1,2,3,4"]) == 0
+    # seed 5: handed to a launcher that is still waiting (this process); seed 6: its launcher is gone
+    planned = {s: sweep.Planned([f"seed={s}"], identity.run_id(cfg[s]), folders[s], "todo")
+               for s in (5, 6)}  # fmt: skip
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited
+    with status.queued([planned[5]]):
+        manifest = next((tmp_path / status.QUEUED).glob("*.json"))
+        dead = tmp_path / status.QUEUED / "dead.json"
+        dead.write_text(json.dumps({"owner": {**lock.owner(), "pid": gone.pid},
+                                    "folders": [str(folders[6])]}))  # fmt: skip
+        assert main(["status", *base, "seed=0,1,2,3,4,5,6"]) == 0
+    assert not manifest.exists()  # removed when the launch returns
     out = capsys.readouterr().out.splitlines()
     by_seed = {int(line.split()[1].rsplit("/s", 1)[1]): line for line in out[:-1]}
     assert by_seed[0].startswith("done ") and "dev/accuracy = " in by_seed[0]
     assert by_seed[1].startswith("failed ") and by_seed[1].endswith("RuntimeError: boom")
     assert by_seed[2].startswith("running ") and f"pid {os.getppid()} on " in by_seed[2]
     assert by_seed[3].startswith("unfinished ") and by_seed[4].startswith("missing ")
-    assert out[-1] == "5 runs: 1 done, 1 failed, 1 missing, 1 running, 1 unfinished"
+    assert by_seed[5].startswith("queued ") and f"launched by pid {os.getpid()} " in by_seed[5]
+    assert by_seed[6].startswith("missing ")
+    assert out[-1] == "7 runs: 1 done, 1 failed, 2 missing, 1 queued, 1 running, 1 unfinished"
     assert main(["status", "seed=0"]) == 2
     assert "status needs experiment=<name>" in capsys.readouterr().err
 

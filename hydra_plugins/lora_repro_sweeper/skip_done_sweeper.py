@@ -103,6 +103,7 @@ class SkipDoneSweeper(BasicSweeper):
     def _sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
         from lora_repro.atomic import write_atomic
+        from lora_repro.status import queued
 
         assert self.hydra_context is not None and self.launcher is not None
         assert self.config is not None
@@ -136,19 +137,21 @@ class SkipDoneSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns, launched, idx = [], set(), 0
-        while True:  # stages: a run waiting on another run's adapter goes once that run succeeded
-            todo = [p for p in planned if p.state == "todo" and p.run_id not in launched]
-            if not todo:
-                break
-            size = self.max_batch_size or len(todo)
-            for i in range(0, len(todo), size):
-                batch = todo[i : i + size]
-                returns.append(
-                    self.launcher.launch([p.overrides for p in batch], initial_job_idx=idx)
-                )
-                idx += len(batch)
-            launched |= {p.run_id for p in todo}
-            planned = sweep.plan_all(expanded, self._load, self.reuse)
+        # while this waits on its jobs, `lora-repro status` reads the ones not started as queued
+        with queued([p for p in planned if p.state in ("todo", "waiting")]):
+            while True:  # stages: a run waiting on another run's adapter goes once that succeeded
+                todo = [p for p in planned if p.state == "todo" and p.run_id not in launched]
+                if not todo:
+                    break
+                size = self.max_batch_size or len(todo)
+                for i in range(0, len(todo), size):
+                    batch = todo[i : i + size]
+                    returns.append(
+                        self.launcher.launch([p.overrides for p in batch], initial_job_idx=idx)
+                    )
+                    idx += len(batch)
+                launched |= {p.run_id for p in todo}
+                planned = sweep.plan_all(expanded, self._load, self.reuse)
         for r in (r for batch in returns for r in batch):
             if r.status.name == "FAILED":  # a crash outside the trainer's own failure records
                 log.error("job %s raised: %r", r.overrides, r._return_value)
