@@ -26,7 +26,7 @@ EXPECTED = {
     "mini_conv_bf16": 2,  # fp32, bf16 (full fine-tuning; LoRA by CLI)
     "e2e_smollm2": 3,  # seeds (LoRA; the other methods by CLI)
     "mini_conv_lr": 5 * 3,  # tasks x full fine-tuning's learning rates (seed 0; other grids by CLI)
-    "mini_conv": 5 * 5 * 3,  # tasks x methods chosen (all but PreLayer so far) x seeds
+    "mini_conv": 5 * 6 * 3,  # tasks x methods x seeds
     # tasks x (BitFit, AdptH, AdptP x 2 lrs + PreLayer x 2), + 2 edge runs (PreLayer CoLA, BitFit RTE)
     "mini_conv_sweep": 5 * (3 * 2 + 2) + 2,
     "mini_conv_rank": 2 * 5 * 2,  # tasks x ranks x seeds
