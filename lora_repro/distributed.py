@@ -50,10 +50,13 @@ class Runtime:
                 "train.precision=fp16 needs a GPU (CPU autocast in fp16 is slow and needs a grad "
                 "scaler); valid on CPU: fp32, bf16"
             )
-        if dev.type == "cpu" and dtype == torch.bfloat16 and (why := BF16_SLOW.get(cpu_bf16())):
-            # bf16 autocast pays only with AMX; elsewhere it costs time. Say so, but do what was
-            # asked: a study keeps one precision across machines (issue #18).
-            log.warning("train.precision=bf16 on this CPU (%s): %s", cpu_name(), why)
+        # Whether bf16 pays without AMX depends on the chip, not the flags (bf16_speedup). Where it
+        # costs time, say so, but do what was asked: a study keeps one precision across machines
+        # (issue #18).
+        unsure = dev.type == "cpu" and dtype == torch.bfloat16 and cpu_bf16() != "amx"
+        if unsure and (speedup := bf16_speedup()) < 1:
+            log.warning("train.precision=bf16 on this CPU (%s): a bf16 matmul takes %.1fx fp32's "
+                        "time here; train.precision=fp32 is faster", cpu_name(), 1 / speedup)  # fmt: skip
         return cls(rank, world, dev, dtype)
 
     @property
@@ -84,12 +87,25 @@ def limit_threads() -> int | None:
     return int(n)
 
 
-# Why bf16 autocast would cost time, by cpu_bf16()'s answer ("amx" and "native" are not slow).
-BF16_SLOW = {
-    None: "no native bf16, so it is emulated and slower than fp32",
-    "avx512_bf16": "AVX512-BF16 without AMX; on such a Xeon a bf16 matmul of E2E's shapes took 1.9x "
-    "as long as fp32's and a SmolLM2 training step 1.6x (docs/runs.md); train.precision=fp32 is faster",
-}
+@functools.cache  # once per process: the CPU and the thread count do not change
+def bf16_speedup() -> float:
+    """fp32's time over bf16's for one matmul of MiniLM's feed-forward shape (512 tokens x 384 by
+    384 x 1536) on this CPU at this thread count: above 1 where bf16 autocast saves time. Measured,
+    not read off the flags: with AVX512-BF16 and no AMX, a bf16 matmul took 1.9x fp32's time on a
+    Xeon and 0.2x on an AMD EPYC (docs/runs.md). About 50 ms."""
+    import time
+
+    def best(a: torch.Tensor, b: torch.Tensor) -> float:
+        a @ b  # the first call builds oneDNN's kernel
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    x, w = torch.randn(512, 384), torch.randn(384, 1536)
+    return best(x, w) / best(x.bfloat16(), w.bfloat16())
 
 
 @functools.cache  # the CPU does not change within a process; cpu_name reads it twice per record
@@ -104,9 +120,9 @@ def _cpuinfo() -> dict[str, str]:
 
 def cpu_bf16(info: dict[str, str] | None = None) -> str | None:
     """How this CPU runs bf16 matmuls: "amx" (AMX tiles: bf16 autocast ran MiniLM at 2.4x fp32's
-    tokens/s, results/mini_speed), "avx512_bf16" (dot-product instructions only: slower than
-    fp32, BF16_SLOW), "native" (oneDNN has bf16 kernels; no /proc/cpuinfo says which), or None
-    (emulated)."""
+    tokens/s, results/mini_speed), "avx512_bf16" (dot-product instructions only: slower than fp32
+    on one Xeon, much faster on an AMD EPYC; bf16_speedup measures it), "native" (oneDNN has bf16
+    kernels; no /proc/cpuinfo says which), or None (emulated)."""
     flags = set((_cpuinfo() if info is None else info).get("flags", "").split())
     if "amx_bf16" in flags:
         return "amx"
