@@ -54,13 +54,14 @@ def _root(p: sweep.Planned) -> Path:
 @contextlib.contextmanager
 def queued(planned: Sequence[sweep.Planned]) -> Iterator[None]:
     """While the block runs (a launcher waiting on its jobs), `status` reads these runs as queued."""
-    files = []
-    for root in sorted({_root(p) for p in planned}):
-        path = root / QUEUED / f"{platform.node()}.{os.getpid()}.json"
-        folders = [str(p.folder) for p in planned if _root(p) == root]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"owner": lock.owner(), "folders": folders}))
-        files.append(path)
+    by_root: dict[Path, list[str]] = {}
+    for p in planned:
+        by_root.setdefault(_root(p), []).append(str(p.folder))
+    files = [
+        write_atomic(root / QUEUED / f"{platform.node()}.{os.getpid()}.json",
+                     json.dumps({"owner": lock.owner(), "folders": folders}))
+        for root, folders in by_root.items()
+    ]  # fmt: skip
     try:
         yield
     finally:
