@@ -10,8 +10,9 @@ it: a Slurm array task without a free slot yet), missing (never started).
 
 Queued: while `train -m` waits on its jobs, it names them in a manifest, <runs_dir>/.queued/<host>.
 <pid>.json (`queued`), removed when it returns. Without it, 30 pending array tasks read "missing".
-A manifest whose launcher is gone (killed) is ignored: its pending jobs may still start, and then
-read "running".
+A manifest whose launcher is certainly gone (killed; `lock.alive` is False only then) is ignored and
+deleted, so killed launches leave nothing behind: its pending jobs may still start, and then read
+"running".
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def queued(planned: Sequence[sweep.Planned]) -> Iterator[None]:
 
 
 def queued_runs(roots: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Run folder -> its launcher, from the manifests of launchers still alive."""
+    """Run folder -> its launcher, from the manifests of launchers still alive (a dead one's
+    manifest is deleted)."""
     out: dict[str, dict[str, Any]] = {}
     for root in roots:
         for path in sorted((root / QUEUED).glob("*.json")):
@@ -78,6 +80,8 @@ def queued_runs(roots: Sequence[Path]) -> dict[str, dict[str, Any]]:
                 manifest = json.loads(path.read_text())
                 if lock.alive(manifest["owner"]):
                     out.update(dict.fromkeys(manifest["folders"], manifest["owner"]))
+                else:
+                    path.unlink(missing_ok=True)
     return out
 
 

@@ -235,6 +235,7 @@ def test_status_reads_every_state_from_the_folders(tmp_path: Path, capsys, monke
                                     "folders": [str(folders[6])]}))  # fmt: skip
         assert main(["status", *base, "seed=0,1,2,3,4,5,6"]) == 0
     assert not manifest.exists()  # removed when the launch returns
+    assert not dead.exists()  # a killed launcher's, removed by the status that found it dead
     out = capsys.readouterr().out.splitlines()
     by_seed = {int(line.split()[1].rsplit("/s", 1)[1]): line for line in out[:-1]}
     assert by_seed[0].startswith("done ") and "dev/accuracy = " in by_seed[0]
