@@ -20,11 +20,14 @@ sweep is their union, and `hydra.sweeper.only=[name,...]` picks some. A grid may
 `init_from` (the baselines do not start from MNLI; LoRA does).
 
 Reuse (`hydra.sweeper.reuse: [experiment, ...]`): a run whose config equals, but for `experiment`, a
-run that succeeded in one of those experiments (its record in results/<name>.jsonl) is not trained
-again: its folder gets a copy of that record, marked `run.reused_from`. A study's main table takes its
-seed-0 runs from the seed-0 sweep that chose its settings, without paying for them twice. A sweep's
-own results/<experiment>.jsonl counts the same way: a run collected in an earlier session, whose
-folder is gone (a CPU study on machines that lose runs/), gets its record back, not a retrain.
+run that succeeded in one of those experiments (its record in results/<name>.jsonl, or in its folder
+under runs_dir when not collected yet) is not trained again: its folder gets a copy of that record,
+marked `run.reused_from`. A study's main table takes its seed-0 runs from the seed-0 sweep that chose
+its settings, without paying for them twice. A source still queued or running in another launch
+cannot be reused yet: the plan warns (`warn_in_progress`), and the run trains here unless you
+relaunch after that launch has finished. A sweep's own results/<experiment>.jsonl counts the same way:
+a run collected in an earlier session, whose folder is gone (a CPU study on machines that lose
+runs/), gets its record back, not a retrain.
 """
 
 from __future__ import annotations
@@ -165,6 +168,32 @@ def plan(
     return out
 
 
+def warn_in_progress(planned: Sequence[Planned], reuse: Sequence[str], load: Callable) -> None:
+    """Warn when a run about to train has its `reuse` source queued or running in another launch
+    (a preset launched before the one it reuses finished): it would train twice."""
+    todo = [p for p in planned if p.state == "todo"]
+    if not todo or not reuse:
+        return
+    from lora_repro import identity, lock, status
+
+    busy: Counter[str] = Counter()
+    queues: dict[str, dict[str, Any]] = {}  # runs_dir -> the live launchers' queued folders
+    for p in todo:
+        cfg = load(p.overrides)
+        for name in reuse:
+            folder = identity.run_dir(replace(cfg, experiment=name))
+            if cfg.runs_dir not in queues:
+                queues[cfg.runs_dir] = status.queued_runs([Path(cfg.runs_dir)])
+            held = lock.read(folder)
+            if str(folder) in queues[cfg.runs_dir] or (held is not None and lock.alive(held)):
+                busy[name] += 1
+    for name, n in busy.items():
+        log.warning(
+            "hydra.sweeper.reuse: %d run(s) of this sweep are still queued or running as %s: they "
+            "train again here; to reuse them, relaunch after that launch finishes", n, name,
+        )  # fmt: skip
+
+
 _INDEX: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}  # (file, mtime) -> hash -> record
 _INDEX_MISSING: set[str] = set()  # warned once
 
@@ -176,9 +205,10 @@ def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[st
 
     for name in reuse:
         path = Path(results_dir) / f"{name}.jsonl"
-        if not path.is_file():  # not collected yet: nothing to reuse (the runs train)
+        if not path.is_file():  # not collected yet: only run folders can be reused (below)
             if name != cfg.experiment and str(path) not in _INDEX_MISSING:
-                log.warning("hydra.sweeper.reuse: no %s yet (%r not collected)", path, name)
+                log.warning("hydra.sweeper.reuse: no %s yet (%r not collected; its finished run "
+                            "folders still count)", path, name)  # fmt: skip
                 _INDEX_MISSING.add(str(path))
             continue
         key = (str(path), path.stat().st_mtime)
@@ -187,6 +217,17 @@ def reusable(cfg: Any, reuse: Sequence[str], results_dir: str | Path) -> dict[st
             _INDEX[key] = {r["config_hash"]: r for r in recs if r.get("status") == "success"}
         rec = _INDEX[key].get(identity.config_hash(replace(cfg, experiment=name)))
         if rec is not None:
+            return rec
+    for name in reuse:  # finished but not collected yet: its folder's record
+        if name == cfg.experiment:
+            continue
+        src = replace(cfg, experiment=name)
+        rec = read_json(identity.run_dir(src) / "result.json")
+        if (
+            rec
+            and rec.get("status") == "success"
+            and rec.get("config_hash") == identity.config_hash(src)
+        ):
             return rec
     return None
 

@@ -92,6 +92,35 @@ def test_a_run_another_experiment_already_ran_is_reused_not_retrained(tmp_path: 
     assert [p.state for p in sweep.plan(jobs, load, {}, ["nope"], results)] == ["done", "todo"]
 
 
+def test_a_source_finished_but_not_collected_is_reused_and_one_in_progress_warns(
+    tmp_path: Path, caplog
+):
+    """A preset launched while the one it reuses still runs: a source that has since finished is
+    reused from its folder (no collect needed); one still running or queued in a live launch is
+    named in a warning, since the run would train twice."""
+    import os
+
+    from lora_repro import lock, status
+
+    load, results = loader(tmp_path), tmp_path / "results"
+    src = finish(load(["seed=0", "experiment=rank"]))  # finished, not collected
+    running = identity.run_dir(load(["seed=1", "experiment=rank"]))
+    running.mkdir(parents=True)
+    (running / lock.NAME).write_text(json.dumps({**lock.owner(), "pid": os.getppid()}))
+    cfg2 = load(["seed=2", "experiment=rank"])  # handed to a launcher still waiting (this process)
+    queued = sweep.Planned(["seed=2"], identity.run_id(cfg2), identity.run_dir(cfg2), "todo")
+    jobs = [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]]
+    with status.queued([queued]):
+        planned = sweep.plan(jobs, load, {}, ["rank"], results)
+        assert [p.state for p in planned] == ["reuse", "todo", "todo", "todo"]
+        assert planned[0].source["run"]["folder"] == str(src)
+        sweep.warn_in_progress(planned, ["rank"], load)
+    assert "2 run(s) of this sweep are still queued or running as rank" in caplog.text
+    caplog.clear()
+    sweep.warn_in_progress(planned, ["rank"], load)  # that launch has returned: only the lock
+    assert "1 run(s) of this sweep are still queued or running as rank" in caplog.text
+
+
 def test_a_collected_run_whose_folder_is_gone_is_restored_not_retrained(tmp_path: Path):
     """A CPU study on machines that lose runs/ between sessions: the runs collected into
     results/<experiment>.jsonl count as done; the relaunch writes their records back, trains the rest."""

@@ -116,6 +116,7 @@ class SkipDoneSweeper(BasicSweeper):
         planned = sweep.plan_all(expanded, self._load, self.reuse)
         before = {p.run_id: p.state for p in planned}
         log.info("sweep plan: %s", sweep.plan_summary(planned))
+        sweep.warn_in_progress(planned, self.reuse, self._load)
         if self.plan_file is not None or self.dry_run:
             todo = [p for p in planned if p.state == "todo"]
             for p in planned:
