@@ -22,7 +22,7 @@ if have mini_conv; then
 fi
 if have mini_conv_rank; then lora-repro tables table6 --experiments mini_conv_rank --out-dir "$T" > /dev/null; fi
 if have mini_conv_matrices; then
-  lora-repro tables table5 --experiments mini_conv_matrices,mini_conv_rank --out-dir "$T" > /dev/null
+  lora-repro tables table5 --experiments mini_conv_matrices --out-dir "$T" > /dev/null  # qv r=4: reused
 fi
 
 # §7 on SST-2, LoRA on Wq, Wv, α = 8, converged (mini_conv_rank; its r = 8 runs are the main table's,

@@ -3,7 +3,8 @@
     python experiments/mini_conv/report.py      (experiments/mini_conv_report.sh runs it last)
 
 Reads results/mini_conv*.jsonl and the tables and §7 CSVs the shell script wrote; fills the blocks
-between <!-- conv:NAME --> markers of experiments/mini_conv/README.md: status (runs, CPU-hours), the
+between <!-- conv:NAME --> markers of experiments/mini_conv/README.md (and of README.md, which shows
+the claims): status (runs, CPU-hours), the
 floors, bf16 vs fp32, the lr sweeps, the learning curves (figures from the records' curves), the main
 table, the arms and the claims. A claim without its runs yet says "cannot tell yet".
 """
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from lora_repro.analysis.curves import curves, from_records  # noqa: E402
+from lora_repro.atomic import write_atomic  # noqa: E402
 
 RESULTS, TABLES, FIGURES = (
     ROOT / "results",
@@ -205,7 +207,7 @@ def claims() -> str:
         other = tag_of(main, m)
         rows.append((f"LoRA matches or beats {NAMES[m]} at LoRA's budget (Table 2)",
                      *compare(c, lora or "-", other or "-", tasks)))  # fmt: skip
-    arm_recs = arms + rank
+    arm_recs = arms  # its Wq, Wv r = 4 runs are rank's, reused: rank's too would count them twice
     ca = cells(arm_recs)
     q8, qv4, all2 = (
         tag_of(arm_recs, "lora", targets=t, r=r) for t, r in (("q", 8), ("qv", 4), ("qkvo", 2))
@@ -279,14 +281,16 @@ def main() -> int:
         "table5": table_rows(TABLES / "table5.md"),
         "claims": claims(),
     }
-    text = README.read_text()
-    for name, block in blocks.items():
-        pattern = rf"(<!-- conv:{name} -->\n)(?:.*?\n)?(<!-- /conv:{name} -->)"
-        text, n = re.subn(
-            pattern, lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text, flags=re.S
-        )
-        print(f"{README.relative_to(ROOT)}: {name} {'refreshed' if n else 'has no marker'}")
-    README.write_text(text)
+    for path in (README, ROOT / "README.md"):  # the repository's README carries the claims too
+        text = path.read_text()
+        for name, block in blocks.items():
+            pattern = rf"(<!-- conv:{name} -->\n)(?:.*?\n)?(<!-- /conv:{name} -->)"
+            text, n = re.subn(
+                pattern, lambda m, b=block: m.group(1) + b + "\n" + m.group(2), text, flags=re.S
+            )
+            if n or path == README:
+                print(f"{path.relative_to(ROOT)}: {name} {'refreshed' if n else 'has no marker'}")
+        write_atomic(path, text)
     return 0
 
 
