@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lora_repro import lock, record, sweep
+from lora_repro import identity, lock, record, sweep
 from lora_repro.atomic import write_atomic
 from lora_repro.compose import compose, values
 from lora_repro.config import RunConfig
 from lora_repro.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def jobs(overrides: list[str]) -> tuple[sweep.Expanded, list[str]]:
@@ -83,6 +87,32 @@ def queued_runs(roots: Sequence[Path]) -> dict[str, dict[str, Any]]:
                 else:
                     path.unlink(missing_ok=True)
     return out
+
+
+def warn_in_progress(
+    planned: Sequence[sweep.Planned], reuse: Sequence[str], load: Callable
+) -> None:
+    """Warn when a run about to train has its `reuse` source queued or running in another launch
+    (a preset launched before the one it reuses finished): it would train twice."""
+    todo = [p for p in planned if p.state == "todo"]
+    if not todo or not reuse:
+        return
+    busy: Counter[str] = Counter()
+    queues: dict[str, dict[str, Any]] = {}  # runs_dir -> the live launchers' queued folders
+    for p in todo:
+        cfg = load(p.overrides)
+        for name in reuse:
+            folder = identity.run_dir(replace(cfg, experiment=name))
+            if cfg.runs_dir not in queues:
+                queues[cfg.runs_dir] = queued_runs([Path(cfg.runs_dir)])
+            held = lock.read(folder)
+            if str(folder) in queues[cfg.runs_dir] or (held is not None and lock.alive(held)):
+                busy[name] += 1
+    for name, n in busy.items():
+        log.warning(
+            "hydra.sweeper.reuse: %d run(s) of this sweep are still queued or running as %s: they "
+            "train again here; to reuse them, relaunch after that launch finishes", n, name,
+        )  # fmt: skip
 
 
 def state(p: sweep.Planned, queue: dict[str, dict[str, Any]] | None = None) -> tuple[str, str]:

@@ -24,7 +24,7 @@ run that succeeded in one of those experiments (its record in results/<name>.jso
 under runs_dir when not collected yet) is not trained again: its folder gets a copy of that record,
 marked `run.reused_from`. A study's main table takes its seed-0 runs from the seed-0 sweep that chose
 its settings, without paying for them twice. A source still queued or running in another launch
-cannot be reused yet: the plan warns (`warn_in_progress`), and the run trains here unless you
+cannot be reused yet: the plan warns (`status.warn_in_progress`), and the run trains here unless you
 relaunch after that launch has finished. A sweep's own results/<experiment>.jsonl counts the same way:
 a run collected in an earlier session, whose folder is gone (a CPU study on machines that lose
 runs/), gets its record back, not a retrain.
@@ -166,32 +166,6 @@ def plan(
         state = "reuse" if source else state
         out.append(Planned(ov, identity.run_id(cfg), folder, state, needs, source))
     return out
-
-
-def warn_in_progress(planned: Sequence[Planned], reuse: Sequence[str], load: Callable) -> None:
-    """Warn when a run about to train has its `reuse` source queued or running in another launch
-    (a preset launched before the one it reuses finished): it would train twice."""
-    todo = [p for p in planned if p.state == "todo"]
-    if not todo or not reuse:
-        return
-    from lora_repro import identity, lock, status
-
-    busy: Counter[str] = Counter()
-    queues: dict[str, dict[str, Any]] = {}  # runs_dir -> the live launchers' queued folders
-    for p in todo:
-        cfg = load(p.overrides)
-        for name in reuse:
-            folder = identity.run_dir(replace(cfg, experiment=name))
-            if cfg.runs_dir not in queues:
-                queues[cfg.runs_dir] = status.queued_runs([Path(cfg.runs_dir)])
-            held = lock.read(folder)
-            if str(folder) in queues[cfg.runs_dir] or (held is not None and lock.alive(held)):
-                busy[name] += 1
-    for name, n in busy.items():
-        log.warning(
-            "hydra.sweeper.reuse: %d run(s) of this sweep are still queued or running as %s: they "
-            "train again here; to reuse them, relaunch after that launch finishes", n, name,
-        )  # fmt: skip
 
 
 _INDEX: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}  # (file, mtime) -> hash -> record

@@ -114,10 +114,10 @@ def test_a_source_finished_but_not_collected_is_reused_and_one_in_progress_warns
         planned = sweep.plan(jobs, load, {}, ["rank"], results)
         assert [p.state for p in planned] == ["reuse", "todo", "todo", "todo"]
         assert planned[0].source["run"]["folder"] == str(src)
-        sweep.warn_in_progress(planned, ["rank"], load)
+        status.warn_in_progress(planned, ["rank"], load)
     assert "2 run(s) of this sweep are still queued or running as rank" in caplog.text
     caplog.clear()
-    sweep.warn_in_progress(planned, ["rank"], load)  # that launch has returned: only the lock
+    status.warn_in_progress(planned, ["rank"], load)  # that launch has returned: only the lock
     assert "1 run(s) of this sweep are still queued or running as rank" in caplog.text
 
 

@@ -103,7 +103,7 @@ class SkipDoneSweeper(BasicSweeper):
     def _sweep(self, arguments: List[str]) -> Any:  # noqa: UP006
         from lora_repro import sweep
         from lora_repro.atomic import write_atomic
-        from lora_repro.status import queued
+        from lora_repro.status import queued, warn_in_progress
 
         assert self.hydra_context is not None and self.launcher is not None
         assert self.config is not None
@@ -116,7 +116,7 @@ class SkipDoneSweeper(BasicSweeper):
         planned = sweep.plan_all(expanded, self._load, self.reuse)
         before = {p.run_id: p.state for p in planned}
         log.info("sweep plan: %s", sweep.plan_summary(planned))
-        sweep.warn_in_progress(planned, self.reuse, self._load)
+        warn_in_progress(planned, self.reuse, self._load)
         if self.plan_file is not None or self.dry_run:
             todo = [p for p in planned if p.state == "todo"]
             for p in planned:
