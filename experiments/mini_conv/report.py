@@ -4,9 +4,8 @@
 
 Reads results/mini_conv*.jsonl and the tables and §7 CSVs the shell script wrote; fills the blocks
 between <!-- conv:NAME --> markers of experiments/mini_conv/README.md (and of README.md, which shows
-the claims): status (runs, CPU-hours), the
-floors, bf16 vs fp32, the lr sweeps, the learning curves (figures from the records' curves), the main
-table, the arms and the claims. A claim without its runs yet says "cannot tell yet".
+the claims): status (runs, CPU-hours), the floors, bf16 vs fp32, the lr sweeps, the learning curves
+(figures from the records' curves), the main table, the arms and the claims. A claim without its runs yet says "cannot tell yet".
 """
 
 from __future__ import annotations
